@@ -1,0 +1,1 @@
+"""remote-docker-operator: an isolated remote Docker engine for every CI job on Kubernetes."""

@@ -1,0 +1,23 @@
+"""Test-only crash switch: RDO_FAILPOINT=<step> makes the operator SIGKILL itself right after
+that reconcile step, so the fault tests can prove a restart converges. Off by default."""
+
+import os
+import signal
+
+from .config import get_settings
+
+STEPS = (
+    "namespace",
+    "policies",
+    "secret-copies",
+    "service",
+    "tls",
+    "engine-pod",
+    "job-pod",
+    "finished",
+)
+
+
+def reached(step: str) -> None:
+    if get_settings().failpoint == step:
+        os.kill(os.getpid(), signal.SIGKILL)

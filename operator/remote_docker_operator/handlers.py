@@ -1,0 +1,103 @@
+"""kopf handlers: the triggers. Each one finds the BuildJob concerned and asks the reconciler
+to converge it; what to do lives in reconcile.py, what objects look like in builders.py.
+
+Handlers are sync functions: kopf runs them in its thread pool, so the blocking kubernetes
+client never stalls the event loop.
+"""
+
+import logging
+from typing import Any, cast
+
+import kopf
+
+from . import names
+from .config import get_settings
+from .kube import Kube, Obj, load_config
+from .reconcile import ACTIVE_PHASES, Reconciler
+
+SETTINGS = get_settings()
+_state: dict[str, Reconciler] = {}
+
+
+def reconciler() -> Reconciler:
+    return _state["reconciler"]
+
+
+def post_event(ref: Obj, type_: str, reason: str, message: str) -> None:
+    # kopf only reads apiVersion, kind and metadata from the object it is given.
+    kopf.event(cast(kopf.Body, ref), type=type_, reason=reason, message=message)
+
+
+@kopf.on.startup()
+def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+    settings.persistence.finalizer = names.FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=names.GROUP, key="last-handled-configuration"
+    )
+    # Events come from phase transitions; kopf's per-log-line events would flood the BuildJob.
+    settings.posting.level = logging.WARNING
+    # Only our own pods, filtered by the API server rather than in this process.
+    settings.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED_BY}={names.APP}"
+    # Reconciles mostly wait on the API server; more threads than cores keeps throughput up.
+    settings.execution.max_workers = 16
+    settings.peering.standalone = True
+
+    load_config()
+    rec = Reconciler(Kube(), SETTINGS, post_event)
+    # Know every BuildJob before admitting any, so the queue's limit and order hold at once.
+    for body in rec.kube.list_buildjobs():
+        rec.observe(body)
+    for namespace in rec.sweep_orphans():
+        logger.info("Deleted orphaned namespace %s", namespace)
+    _state["reconciler"] = rec
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
+def buildjob_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    rec = reconciler()
+    if type == "DELETED":
+        rec.forget(body.metadata.uid or "")
+        rec.start_queued()
+        return
+    state = rec.observe(dict(body))
+    # New (or newly listed) BuildJobs, and those not started yet. Later updates are our own
+    # status writes; pod events and the timer drive the rest.
+    if type in (None, "ADDED") or state.phase in (None, "Pending"):
+        rec.reconcile(state)
+
+
+@kopf.on.event("v1", "pods", labels={names.LABEL_MANAGED_BY: names.APP})
+def pod_event(body: kopf.Body, **_: Any) -> None:
+    rec = reconciler()
+    labels = body.metadata.labels
+    uid = labels.get(names.LABEL_OWNER_UID, "")
+    state = rec.jobs.get(uid)
+    if state is None:
+        owner = rec.kube.get_buildjob(
+            labels.get(names.LABEL_OWNER_NAMESPACE, ""), labels.get(names.LABEL_OWNER_NAME, "")
+        )
+        if owner is None or owner["metadata"]["uid"] != uid:
+            return  # its BuildJob is gone; the namespace goes with it
+        state = rec.observe(owner)
+    rec.reconcile(state)
+
+
+@kopf.timer(
+    names.GROUP,
+    names.VERSION,
+    names.PLURAL,
+    interval=SETTINGS.resync_seconds,
+    field="status.cleanedUp",
+    value=kopf.ABSENT,
+)
+def resync(body: kopf.Body, **_: Any) -> None:
+    """Deadlines, TTLs, the queue, and children deleted behind our back."""
+    rec = reconciler()
+    state = rec.observe(dict(body))
+    rec.reconcile(state, drift_check=state.phase in ACTIVE_PHASES)
+
+
+@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
+def delete(body: kopf.Body, **_: Any) -> None:
+    reconciler().delete(dict(body))

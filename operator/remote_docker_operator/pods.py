@@ -1,0 +1,63 @@
+"""Reading pod status: readiness, termination, and the failures that will not heal."""
+
+from typing import Any
+
+Pod = dict[str, Any]
+
+# Waiting reasons that retrying will not fix within a CI job's patience.
+PULL_FAILURES = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"}
+)
+CONFIG_FAILURES = frozenset(
+    {"CreateContainerConfigError", "CreateContainerError", "RunContainerError"}
+)
+
+
+def _container_status(pod: Pod, container: str) -> dict[str, Any]:
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        if status.get("name") == container:
+            return dict(status)
+    return {}
+
+
+def is_ready(pod: Pod) -> bool:
+    conditions = (pod.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def is_terminating(pod: Pod) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
+
+
+def terminated(pod: Pod, container: str) -> dict[str, Any] | None:
+    """The container's terminated state once the pod has finished, else None."""
+    phase = (pod.get("status") or {}).get("phase")
+    state = _container_status(pod, container).get("state") or {}
+    if "terminated" in state:
+        return dict(state["terminated"])
+    if phase in ("Succeeded", "Failed"):  # e.g. evicted before the container ever started
+        status = pod.get("status") or {}
+        return {
+            "exitCode": 0 if phase == "Succeeded" else 1,
+            "reason": status.get("reason", phase),
+            "message": status.get("message", ""),
+        }
+    return None
+
+
+def waiting_failure(pod: Pod, container: str) -> tuple[str, str] | None:
+    """(reason, message) when the container is stuck waiting for a reason that will not heal."""
+    waiting = (_container_status(pod, container).get("state") or {}).get("waiting") or {}
+    reason = waiting.get("reason")
+    if reason in PULL_FAILURES or reason in CONFIG_FAILURES:
+        return str(reason), str(waiting.get("message", ""))
+    return None
+
+
+def describe_exit(state: dict[str, Any]) -> str:
+    text = f"exit code {state.get('exitCode')}"
+    if state.get("reason"):
+        text += f" ({state['reason']})"
+    if state.get("message"):
+        text += f": {state['message']}"
+    return text
