@@ -1,6 +1,7 @@
 """`python -m remote_docker_operator`: runs the operator (all namespaces, one replica)."""
 
 import asyncio
+import logging
 import os
 
 import kopf
@@ -9,6 +10,18 @@ from . import handlers  # noqa: F401  (registers the handlers)
 
 
 def main() -> None:
+    debug = os.environ.get("RDO_LOG_LEVEL", "").upper() == "DEBUG"
+    kopf.configure(
+        verbose=debug,
+        log_format=kopf.LogFormat.JSON
+        if os.environ.get("RDO_LOG_FORMAT") == "json"
+        else kopf.LogFormat.FULL,
+        log_prefix=True,
+    )
+    if not debug:
+        # kopf says "Handler succeeded" for every event and timer tick; our own log lines say
+        # what actually happened ("Created engine pod", phase changes). Failures still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     liveness = os.environ.get("RDO_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz")
     asyncio.run(
         kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=liveness or None)

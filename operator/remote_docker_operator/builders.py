@@ -368,7 +368,10 @@ def _client_env() -> list[Manifest]:
 
 def build_job_pod(t: Target) -> Manifest:
     job = t.spec.job
-    env = _client_env()
+    # The user's variables first, so spec.job.env[i] is the pod's env[i] in API errors; ours
+    # last, so they win over a user's variable of the same name.
+    env = [e.model_dump(by_alias=True, exclude_none=True) for e in job.env or []]
+    env += _client_env()
     mounts: list[Manifest] = [
         {"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}
     ]
@@ -394,7 +397,6 @@ def build_job_pod(t: Target) -> Manifest:
                 },
             }
         )
-    env += [e.model_dump(by_alias=True, exclude_none=True) for e in job.env or []]
     container: Manifest = {
         "name": names.JOB_CONTAINER,
         "image": job.image,

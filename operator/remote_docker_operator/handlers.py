@@ -46,7 +46,7 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
     load_config()
     rec = Reconciler(Kube(), SETTINGS, post_event)
     # Know every BuildJob before admitting any, so the queue's limit and order hold at once.
-    for body in rec.kube.list_buildjobs():
+    for body in rec.kube.list(names.KIND):
         rec.observe(body)
     for namespace in rec.sweep_orphans():
         logger.info("Deleted orphaned namespace %s", namespace)
@@ -74,8 +74,10 @@ def pod_event(body: kopf.Body, **_: Any) -> None:
     uid = labels.get(names.LABEL_OWNER_UID, "")
     state = rec.jobs.get(uid)
     if state is None:
-        owner = rec.kube.get_buildjob(
-            labels.get(names.LABEL_OWNER_NAMESPACE, ""), labels.get(names.LABEL_OWNER_NAME, "")
+        owner = rec.kube.get(
+            names.KIND,
+            labels.get(names.LABEL_OWNER_NAMESPACE, ""),
+            labels.get(names.LABEL_OWNER_NAME, ""),
         )
         if owner is None or owner["metadata"]["uid"] != uid:
             return  # its BuildJob is gone; the namespace goes with it
@@ -88,6 +90,9 @@ def pod_event(body: kopf.Body, **_: Any) -> None:
     names.VERSION,
     names.PLURAL,
     interval=SETTINGS.resync_seconds,
+    # After an error (say, the API server briefly unavailable) try again at the next tick, not
+    # after kopf's default minute.
+    backoff=SETTINGS.resync_seconds,
     field="status.cleanedUp",
     value=kopf.ABSENT,
 )

@@ -1,18 +1,20 @@
 """The thin layer that talks to the API server.
 
 Creates are idempotent (409 means the object is already there: it is adopted), deletes and reads
-of missing objects are no-ops (404), and objects travel as plain dicts: the builders' manifests
-go out as they are, and responses are read as raw JSON, which is much cheaper than the client's
-model classes.
+of missing objects are no-ops (404), and 429 responses are retried after their Retry-After.
+Objects travel as plain dicts over the kubernetes client's REST transport (its configuration,
+authentication and TLS): the builders' manifests go out as they are, so the API server (not a
+client-side model) judges them, and responses are read as raw JSON, which is also much cheaper
+than the client's model classes.
 """
 
 import json
 import logging
-from collections.abc import Callable
+import time
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, NetworkingV1Api
+from kubernetes.client import ApiClient
 from kubernetes.client.exceptions import ApiException
 
 from . import names
@@ -20,69 +22,85 @@ from . import names
 logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
+# kind -> (API path prefix, plural)
+RESOURCES: dict[str, tuple[str, str]] = {
+    "Namespace": ("/api/v1", "namespaces"),
+    "Pod": ("/api/v1", "pods"),
+    "Secret": ("/api/v1", "secrets"),
+    "Service": ("/api/v1", "services"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
+}
+THROTTLE_RETRIES = 5
+MAX_RETRY_AFTER = 10.0
+
+
+def path(
+    kind: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None
+) -> str:
+    prefix, plural = RESOURCES[kind]
+    parts = [prefix]
+    if namespace and kind != "Namespace":
+        parts.append(f"namespaces/{namespace}")
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
 
 class Kube:
     def __init__(self, client: ApiClient | None = None) -> None:
         self.client = client or ApiClient()
-        self.core = CoreV1Api(self.client)
-        self.net = NetworkingV1Api(self.client)
-        self.custom = CustomObjectsApi(self.client)
 
-    # Per kind: (create, read, delete, replace); namespaced calls take the namespace first.
-    def _calls(self, kind: str) -> tuple[Callable[..., Any], ...]:
-        c, n = self.core, self.net
-        table: dict[str, tuple[Callable[..., Any], ...]] = {
-            "Namespace": (
-                c.create_namespace,
-                c.read_namespace,
-                c.delete_namespace,
-                c.replace_namespace,
-            ),
-            "Pod": (
-                c.create_namespaced_pod,
-                c.read_namespaced_pod,
-                c.delete_namespaced_pod,
-                c.replace_namespaced_pod,
-            ),
-            "Secret": (
-                c.create_namespaced_secret,
-                c.read_namespaced_secret,
-                c.delete_namespaced_secret,
-                c.replace_namespaced_secret,
-            ),
-            "Service": (
-                c.create_namespaced_service,
-                c.read_namespaced_service,
-                c.delete_namespaced_service,
-                c.replace_namespaced_service,
-            ),
-            "NetworkPolicy": (
-                n.create_namespaced_network_policy,
-                n.read_namespaced_network_policy,
-                n.delete_namespaced_network_policy,
-                n.replace_namespaced_network_policy,
-            ),
-        }
-        return table[kind]
-
-    @staticmethod
-    def _args(kind: str, namespace: str | None) -> tuple[str, ...]:
-        return () if kind == "Namespace" or namespace is None else (namespace,)
+    def request(
+        self,
+        method: str,
+        url_path: str,
+        body: Obj | None = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Obj:
+        """One API call; raises ApiException for any error status, after retrying 429s."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        for attempt in range(THROTTLE_RETRIES + 1):
+            method_, url, header_params, payload, _ = self.client.param_serialize(
+                method,
+                url_path,
+                query_params=query,
+                header_params=dict(headers),
+                body=body,
+                auth_settings=["BearerToken"],
+            )
+            response = self.client.call_api(method_, url, header_params, payload)
+            data = response.read()  # type: ignore[no-untyped-call]
+            if response.status == 429 and attempt < THROTTLE_RETRIES:
+                retry_after = response.getheader("Retry-After") or "1"  # type: ignore[no-untyped-call]
+                delay = min(float(retry_after) if retry_after.isdigit() else 1.0, MAX_RETRY_AFTER)
+                logger.warning(
+                    "API server throttled %s %s; retrying in %ss", method, url_path, delay
+                )
+                time.sleep(delay)
+                continue
+            if response.status >= 400:
+                raise ApiException.from_response(
+                    http_resp=response, body=data.decode(errors="replace"), data=None
+                )
+            return json.loads(data) if data else {}
+        raise AssertionError("unreachable")
 
     def create(self, manifest: Obj) -> Obj | None:
         """Creates the object; returns it, or None when it already existed (409)."""
         kind, meta = manifest["kind"], manifest["metadata"]
-        create = self._calls(kind)[0]
         try:
-            response = create(
-                *self._args(kind, meta.get("namespace")), manifest, _preload_content=False
-            )
+            created = self.request("POST", path(kind, meta.get("namespace")), manifest)
         except ApiException as e:
             if e.status == 409:
                 return None
             raise
         logger.info("Created %s %s", kind.lower(), _ref(meta))
-        return _json(response)
+        return created
 
     def ensure(self, manifest: Obj) -> Obj:
         """Creates the object or, if it exists, returns the existing one (create-or-adopt)."""
@@ -96,9 +114,8 @@ class Kube:
         return existing
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
-        read = self._calls(kind)[1]
         try:
-            return _json(read(name, *self._args(kind, namespace), _preload_content=False))
+            return self.request("GET", path(kind, namespace, name))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -106,26 +123,17 @@ class Kube:
 
     def replace(self, manifest: Obj) -> Obj:
         kind, meta = manifest["kind"], manifest["metadata"]
-        replace = self._calls(kind)[3]
-        return _json(
-            replace(
-                meta["name"],
-                *self._args(kind, meta.get("namespace")),
-                manifest,
-                _preload_content=False,
-            )
-        )
+        return self.request("PUT", path(kind, meta.get("namespace"), meta["name"]), manifest)
 
     def delete(
         self, kind: str, namespace: str | None, name: str, grace_period_seconds: int | None = None
     ) -> bool:
         """Deletes the object; False when it was already gone."""
-        delete = self._calls(kind)[2]
-        kwargs: dict[str, Any] = {"propagation_policy": "Background"}
+        options: Obj = {"propagationPolicy": "Background"}
         if grace_period_seconds is not None:
-            kwargs["grace_period_seconds"] = grace_period_seconds
+            options["gracePeriodSeconds"] = grace_period_seconds
         try:
-            delete(name, *self._args(kind, namespace), _preload_content=False, **kwargs)
+            self.request("DELETE", path(kind, namespace, name), options)
         except ApiException as e:
             if e.status == 404:
                 return False
@@ -133,61 +141,25 @@ class Kube:
         logger.info("Deleted %s %s", kind.lower(), f"{namespace}/{name}" if namespace else name)
         return True
 
-    def list_namespaces(self, label_selector: str) -> list[Obj]:
-        items: list[Obj] = _json(
-            self.core.list_namespace(label_selector=label_selector, _preload_content=False)
-        )["items"]
+    def list(self, kind: str, label_selector: str | None = None) -> list[Obj]:
+        query = [("labelSelector", label_selector)] if label_selector else None
+        items: list[Obj] = self.request("GET", path(kind), query=query)["items"]
         return items
 
-    # -- BuildJobs ------------------------------------------------------------------------------
-
-    def get_buildjob(self, namespace: str, name: str) -> Obj | None:
+    def patch_status(self, kind: str, namespace: str, name: str, status: Obj) -> bool:
+        """Merge-patches the status subresource; False when the object is gone."""
         try:
-            return _json(
-                self.custom.get_namespaced_custom_object(
-                    names.GROUP,
-                    names.VERSION,
-                    namespace,
-                    names.PLURAL,
-                    name,
-                    _preload_content=False,
-                )
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    def list_buildjobs(self) -> list[Obj]:
-        items: list[Obj] = _json(
-            self.custom.list_cluster_custom_object(
-                names.GROUP, names.VERSION, names.PLURAL, _preload_content=False
-            )
-        )["items"]
-        return items
-
-    def patch_buildjob_status(self, namespace: str, name: str, patch: Obj) -> bool:
-        """Merge-patches the status subresource; False when the BuildJob is gone."""
-        try:
-            self.custom.patch_namespaced_custom_object_status(
-                names.GROUP,
-                names.VERSION,
-                namespace,
-                names.PLURAL,
-                name,
-                {"status": patch},
-                _preload_content=False,
+            self.request(
+                "PATCH",
+                path(kind, namespace, name, "status"),
+                {"status": status},
+                content_type="application/merge-patch+json",
             )
         except ApiException as e:
             if e.status == 404:
                 return False
             raise
         return True
-
-
-def _json(response: Any) -> Obj:
-    data: Obj = json.loads(response.data)
-    return data
 
 
 def _ref(meta: Obj) -> str:

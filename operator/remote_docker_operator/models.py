@@ -68,7 +68,6 @@ Quantity = Annotated[
         }
     ),
 ]
-ResourceName = Annotated[str, StringConstraints(min_length=1, max_length=253)]
 ShortString = Annotated[str, StringConstraints(max_length=4096)]
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
@@ -121,10 +120,10 @@ class EnvFromSource(ApiModel):
 
 
 class Resources(ApiModel):
-    limits: dict[ResourceName, Quantity] | None = Field(
+    limits: dict[str, Quantity] | None = Field(
         None, max_length=16, description="Resource limits, e.g. {cpu: 2, memory: 4Gi}."
     )
-    requests: dict[ResourceName, Quantity] | None = Field(
+    requests: dict[str, Quantity] | None = Field(
         None, max_length=16, description="Resource requests."
     )
 

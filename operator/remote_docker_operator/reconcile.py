@@ -9,6 +9,7 @@ import datetime
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,8 @@ from .models import TERMINAL_PHASES, BuildJob
 logger = logging.getLogger(__name__)
 
 ACTIVE_PHASES = frozenset({"Provisioning", "Running"})
+SA_RETRIES = 100
+SA_RETRY_SECONDS = 0.1
 # Certificates outlive the deadline by this much: enough for the job's last `docker` calls.
 CERT_MARGIN = datetime.timedelta(hours=1)
 
@@ -299,12 +302,23 @@ class Reconciler:
                 self.kube.replace(manifest)
 
     def _create_pod(self, manifest: Obj) -> None:
-        try:
-            self.kube.create(manifest)
-        except ApiException as e:
-            if e.status in (400, 422):  # the API server refused a field the user gave us
-                raise InvalidSpec(_api_message(e)) from e
-            raise
+        # A namespace's "default" ServiceAccount appears a moment after the namespace; until
+        # then the ServiceAccount admission plugin refuses pods with 403.
+        for attempt in range(SA_RETRIES):
+            try:
+                self.kube.create(manifest)
+            except ApiException as e:
+                if e.status in (400, 422):  # the API server refused a field the user gave us
+                    raise InvalidSpec(_refused_pod_message(e)) from e
+                if (
+                    e.status == 403
+                    and "serviceaccount" in (e.body or "")
+                    and (attempt + 1 < SA_RETRIES)
+                ):
+                    time.sleep(SA_RETRY_SECONDS)
+                    continue
+                raise
+            return
 
     def _engine_failed(self, state: JobState, engine: Obj) -> bool:
         """Fails the BuildJob when its engine is gone or stuck for good."""
@@ -373,8 +387,9 @@ class Reconciler:
             return
         if not state.cleaned:
             self.kube.delete("Pod", ns, names.ENGINE_POD, grace_period_seconds=5)
-            # A failed job keeps its pod (and logs) unless the pod itself is the problem.
-            if state.status.get("reason") != st.JOB_FAILED:
+            # A job that ran to its end keeps its pod (and log) until the TTL; one that was cut
+            # short (deadline, engine lost, cannot start) has its pod stopped now.
+            if state.status.get("reason") not in (st.SUCCEEDED, st.JOB_FAILED):
                 self.kube.delete("Pod", ns, names.JOB_POD, grace_period_seconds=0)
             failpoints.reached("finished")
             state.cleaned = True
@@ -408,10 +423,14 @@ class Reconciler:
             return True
         with self._admission:
             jobs = list(self.jobs.values())
+            # Admitted but not yet written as Provisioning counts too: two threads must not
+            # both take the last slot.
             active = sum(
                 1
                 for s in jobs
-                if not s.deleting and not s.gone and (s.admitted or s.phase in ACTIVE_PHASES)
+                if not s.deleting
+                and not s.gone
+                and (s.phase in ACTIVE_PHASES or (s.admitted and s.phase in (None, "Pending")))
             )
             waiting = sorted(
                 (s.created, s.uid)
@@ -466,7 +485,7 @@ class Reconciler:
         patch = st.merge_patch(state.status, new)
         if not patch:
             return False
-        if not self.kube.patch_buildjob_status(state.namespace, state.name, patch):
+        if not self.kube.patch_status(names.KIND, state.namespace, state.name, patch):
             state.gone = True
             return False
         state.status = new
@@ -490,10 +509,10 @@ class Reconciler:
     def sweep_orphans(self) -> list[str]:
         """Deletes job namespaces whose BuildJob no longer exists (e.g. deleted while the
         operator was down and its finalizer removed by hand)."""
-        live = {bj["metadata"]["uid"] for bj in self.kube.list_buildjobs()}
+        live = {bj["metadata"]["uid"] for bj in self.kube.list(names.KIND)}
         deleted = []
         selector = f"{names.LABEL_MANAGED_BY}={names.APP}"
-        for ns in self.kube.list_namespaces(selector):
+        for ns in self.kube.list("Namespace", selector):
             owner = (ns["metadata"].get("labels") or {}).get(names.LABEL_OWNER_UID)
             if owner not in live and not ns["metadata"].get("deletionTimestamp"):
                 self.kube.delete("Namespace", None, ns["metadata"]["name"])
@@ -501,8 +520,11 @@ class Reconciler:
         return deleted
 
 
-def _api_message(e: ApiException) -> str:
+def _refused_pod_message(e: ApiException) -> str:
+    """The API server's reason, with the pod's container path turned into the BuildJob's
+    field path (the job container is built from spec.job, field by field)."""
     try:
-        return str(json.loads(e.body or "").get("message", e.reason))
+        message = str(json.loads(e.body or "").get("message", e.reason))
     except (TypeError, ValueError):
-        return str(e.reason)
+        message = str(e.reason)
+    return "the API server refused the pod: " + message.replace("spec.containers[0].", "spec.job.")

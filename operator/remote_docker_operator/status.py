@@ -120,7 +120,7 @@ def transition(
         conditions, FAILED, phase == "Failed", reason, message, generation, at
     )
     status["conditions"] = conditions
-    status["engine"] = {**(current.get("engine") or {}), "ready": engine_ready}
+    status["engine"] = {**(status.get("engine") or {}), "ready": engine_ready}
     if phase in ("Succeeded", "Failed") and not current.get("completionTime"):
         status["completionTime"] = timestamp(at)
         started = parse_time(status.get("startTime"))

@@ -72,3 +72,18 @@ def test_durations_and_times() -> None:
     assert st.format_duration(-3) == "0s"
     assert st.parse_time(st.timestamp(T0)) == T0
     assert st.parse_time(None) is None
+
+
+def test_engine_endpoint_survives_transitions() -> None:
+    s = st.transition(
+        {},
+        "Provisioning",
+        "Provisioning",
+        "",
+        1,
+        T0,
+        engine={"endpoint": "tcp://e:2376", "ready": False},
+    )
+    assert s["engine"] == {"endpoint": "tcp://e:2376", "ready": False}
+    s = st.transition(s, "Running", "JobRunning", "", 1, T1)
+    assert s["engine"] == {"endpoint": "tcp://e:2376", "ready": True}

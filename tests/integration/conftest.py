@@ -1,0 +1,88 @@
+"""The integration tier: a real kube-apiserver, etcd, kube-controller-manager and
+kube-scheduler built from source, with kwok standing in for kubelets, started once per session.
+"""
+
+import shutil
+import sys
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from kubernetes.config import new_client_from_config
+
+from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess
+
+sys.path.insert(0, str(ROOT / "cluster"))
+from localcluster import BIN, Cluster, Ports
+
+# Fast resync so deadlines, TTLs and drift are noticed within a second or two in tests.
+OPERATOR_ENV = {
+    "RDO_RESYNC_SECONDS": "1",
+    "RDO_DEFAULT_TTL_SECONDS": "600",
+    "RDO_ENGINE_IMAGE_REPOSITORY": "local/dind",
+}
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    missing = [
+        b
+        for b in (
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kwok",
+            "kubectl",
+        )
+        if not (BIN / b).exists()
+    ]
+    if missing:
+        pytest.fail(f"missing {missing} in {BIN}: run `make bins` (cluster/build-bins.sh)")
+    workdir = ARTIFACTS / "integration"
+    shutil.rmtree(workdir, ignore_errors=True)
+    c = Cluster(workdir, Ports.free(), tier="kwok")
+    try:
+        c.up()
+        c.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        c.kubectl("wait", "--for=condition=Established", "crd/buildjobs.remotedocker.dev")
+        yield c
+    finally:
+        c.down()
+
+
+@pytest.fixture(scope="session")
+def kube(cluster: Cluster) -> Kube:
+    return Kube(new_client_from_config(str(cluster.kubeconfig)))
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator.log", **OPERATOR_ENV)
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture
+def restore_operator(operator: OperatorProcess) -> Iterator[OperatorProcess]:
+    """For tests that restart the operator with other settings: back to the defaults after."""
+    yield operator
+    operator.restart()
+
+
+@pytest.fixture
+def ns(kube: Kube) -> Iterator[str]:
+    """A fresh user namespace per test, deleted (with its BuildJobs) after it."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(name)
+    yield name
+    kube.core.delete_namespace(name)
+
+
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    if call.when == "call" and call.excinfo is not None:
+        logs = ARTIFACTS / "integration" / "logs"
+        item.add_report_section(
+            "call", "cluster logs", f"see {logs} (operator.log and one file per component)"
+        )
