@@ -28,7 +28,8 @@ bins:
 	cluster/build-bins.sh control-plane kwok
 
 crds: venv
-	$(PY) -m remote_docker_operator.crd crds/buildjobs.remotedocker.dev.yaml
+	$(PY) -m remote_docker_operator.crd crds/buildjobs.remotedocker.dev.yaml \
+	  charts/remote-docker-operator/crds/buildjobs.remotedocker.dev.yaml
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Builds the cluster's binaries from the Go module proxy, cached by version under $RDO_CACHE/bin.
 # Usage: cluster/build-bins.sh [group...]   groups: control-plane kwok node tools (default: all)
+#   control-plane  etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
+#   kwok           kwok (fake nodes for the integration tier)
+#   node           kubelet kube-proxy kube-router
+#   tools          helm
 # A warm run (every binary already built) takes well under a second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -13,10 +17,10 @@ export GOFLAGS=-buildvcs=false CGO_ENABLED=0
 
 # `go install mod@v` refuses modules whose go.mod replaces siblings with local paths (Kubernetes,
 # etcd), so build them in a wrapper module that points each such sibling at its published version.
-build_wrapped() { # module version sibling-version ldflags cmd-package...
+build_wrapped() { # module version sibling-version ldflags name=cmd-package...
   local module=$1 version=$2 sibling=$3 ldflags=$4; shift 4
-  local missing=() pkg
-  for pkg in "$@"; do [ -x "$bin/$(basename "$pkg")-$version" ] || missing+=("$pkg"); done
+  local missing=() spec
+  for spec in "$@"; do [ -x "$bin/${spec%%=*}-$version" ] || missing+=("$spec"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   local mod="$RDO_CACHE/src/$(echo "$module" | tr / _)-$version"
   mkdir -p "$mod"
@@ -35,8 +39,8 @@ build_wrapped() { # module version sibling-version ldflags cmd-package...
     # test dependencies of every package in the graph, hundreds of modules).
     touch "$mod/go.sum"
   fi
-  for pkg in "${missing[@]}"; do
-    local name; name=$(basename "$pkg")
+  for spec in "${missing[@]}"; do
+    local name=${spec%%=*} pkg=${spec#*=}
     echo "building $name $version" >&2
     (cd "$mod" && go build -mod=mod -trimpath -ldflags "-s -w $ldflags" -o "$bin/$name-$version.tmp" "$pkg")
     mv "$bin/$name-$version.tmp" "$bin/$name-$version"
@@ -56,33 +60,46 @@ k8s_ldflags() {
 
 build_k8s() {
   local c pkgs=()
-  for c in "$@"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  for c in "$@"; do pkgs+=("$c=k8s.io/kubernetes/cmd/$c"); done
   build_wrapped k8s.io/kubernetes "$K8S_VERSION" "$K8S_STAGING_VERSION" "$(k8s_ldflags)" "${pkgs[@]}"
   for c in "$@"; do ln -sfn "$c-$K8S_VERSION" "$bin/$c"; done
 }
 
-go_install() { # name version package
-  local name=$1 version=$2 pkg=$3
-  if [ ! -x "$bin/$name-$version" ]; then
+go_install() { # name version package [ldflags [cache-tag]]
+  local name=$1 version=$2 pkg=$3 ldflags=${4:-} tag=${5:-$2}
+  if [ ! -x "$bin/$name-$tag" ]; then
     echo "building $name $version" >&2
     local tmp; tmp=$(mktemp -d)
-    GOBIN="$tmp" go install -trimpath -ldflags "-s -w" "$pkg@$version"
-    mv "$tmp/$name" "$bin/$name-$version"
+    GOBIN="$tmp" go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
+    mv "$tmp/$name" "$bin/$name-$tag"
     rm -rf "$tmp"
   fi
-  ln -sfn "$name-$version" "$bin/$name"
+  ln -sfn "$name-$tag" "$bin/$name"
 }
 
 groups=("$@"); [ ${#groups[@]} -eq 0 ] && groups=(control-plane kwok node tools)
 for g in "${groups[@]}"; do
   case "$g" in
     control-plane)
-      build_wrapped go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" "" go.etcd.io/etcd/server/v3
-      ln -sfn "v3-$ETCD_VERSION" "$bin/etcd"
-      build_k8s kube-apiserver kube-controller-manager kubectl ;;
+      build_wrapped go.etcd.io/etcd/server/v3 "$ETCD_VERSION" "$ETCD_VERSION" "" \
+        etcd=go.etcd.io/etcd/server/v3
+      ln -sfn "etcd-$ETCD_VERSION" "$bin/etcd"
+      build_k8s kube-apiserver kube-controller-manager kube-scheduler kubectl ;;
     kwok) go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok ;;
-    node) build_k8s kube-scheduler kubelet kube-proxy ;;
-    tools) go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    node)
+      build_k8s kubelet kube-proxy
+      # NetworkPolicy enforcement in firewall-only mode (see versions.env on why this version).
+      go_install kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router ;;
+    tools)
+      # As Helm's Makefile does: without these, helm reports no version and assumes
+      # Kubernetes v1.20 when rendering offline (and refuses charts needing newer).
+      minor=$(echo "$K8S_VERSION" | cut -d. -f2)
+      helm_ldflags="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+      for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        helm_ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
+      done
+      go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$helm_ldflags" \
+        "$HELM_VERSION-k8s1.$minor" ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
   esac
 done

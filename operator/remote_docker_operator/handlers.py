@@ -42,6 +42,9 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
     # Reconciles mostly wait on the API server; more threads than cores keeps throughput up.
     settings.execution.max_workers = 16
     settings.peering.standalone = True
+    # The CRD is installed before the operator (Helm's crds/); watching every CRD in the
+    # cluster for new resources would only cost an RBAC rule.
+    settings.scanning.disabled = True
 
     load_config()
     rec = Reconciler(Kube(), SETTINGS, post_event)

@@ -224,3 +224,12 @@ def test_secret_copy(target: Target) -> None:
     assert copy["data"] == {".dockerconfigjson": "e30="}
     assert copy["metadata"]["namespace"] == target.job_namespace
     assert "resourceVersion" not in copy["metadata"]
+
+
+def test_user_env_comes_first_and_ours_win() -> None:
+    t = make_target({"job": {"image": "a", "env": [{"name": "X", "value": "1"},
+                                                    {"name": "DOCKER_HOST", "value": "evil"}]}})
+    env = builders.build_job_pod(t)["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env[:2]] == ["X", "DOCKER_HOST"]  # spec.job.env[i] is env[i]
+    last = [e for e in env if e["name"] == "DOCKER_HOST"][-1]
+    assert last["valueFrom"]["secretKeyRef"]["name"] == "docker-client"

@@ -1,0 +1,729 @@
+"""The Helm chart (charts/remote-docker-operator): `helm lint --strict`, and `helm template`
+output parsed with PyYAML and checked as data.
+
+Needs the helm binary that `cluster/build-bins.sh tools` builds under $RDO_CACHE/bin.
+"""
+
+import importlib.util
+import os
+import re
+import subprocess
+import textwrap
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from remote_docker_operator import names
+from remote_docker_operator.config import Settings
+from remote_docker_operator.models import BuildJob
+
+Obj = dict[str, Any]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "remote-docker-operator"
+CACHE = Path(os.environ.get("RDO_CACHE", "/var/cache/remote-docker-operator"))
+HELM = CACHE / "bin" / "helm"
+RELEASE = "rdo"
+NAMESPACE = "rdo-system"
+FULLNAME = "rdo-remote-docker-operator"
+TEST_NAME = f"{FULLNAME}-test"
+
+
+def kube_version() -> str:
+    """The Kubernetes version the integration tier runs (helm's built-in default may be old)."""
+    text = (ROOT / "cluster" / "versions.env").read_text()
+    match = re.search(r"^K8S_VERSION=(\S+)$", text, re.MULTILINE)
+    assert match, "K8S_VERSION missing from cluster/versions.env"
+    return match.group(1)
+
+
+KUBE_VERSION = kube_version()
+
+
+def helm(*args: str) -> subprocess.CompletedProcess[str]:
+    if not (HELM.is_file() and os.access(HELM, os.X_OK)):
+        pytest.fail(
+            f"helm binary not found at {HELM}: build it with `cluster/build-bins.sh tools` "
+            "(or set RDO_CACHE to the cache that holds bin/helm)",
+            pytrace=False,
+        )
+    return subprocess.run(
+        [str(HELM), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def template(*args: str, release: str = RELEASE) -> subprocess.CompletedProcess[str]:
+    return helm(
+        "template",
+        release,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        KUBE_VERSION,
+        *args,
+    )
+
+
+def render_text(*args: str, release: str = RELEASE) -> str:
+    result = template(*args, release=release)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def render(*args: str, release: str = RELEASE) -> list[Obj]:
+    docs = [d for d in yaml.safe_load_all(render_text(*args, release=release)) if d is not None]
+    assert all(isinstance(d, dict) for d in docs)
+    return docs
+
+
+def find(docs: list[Obj], kind: str, hook: bool | None = None) -> list[Obj]:
+    """Objects of a kind; hook=True only helm hooks, hook=False only release objects."""
+    out = []
+    for doc in docs:
+        is_hook = "helm.sh/hook" in (doc["metadata"].get("annotations") or {})
+        if doc["kind"] == kind and (hook is None or hook == is_hook):
+            out.append(doc)
+    return out
+
+
+def one(docs: list[Obj], kind: str, hook: bool = False) -> Obj:
+    found = find(docs, kind, hook)
+    assert len(found) == 1, f"expected one {kind} (hook={hook}), got {len(found)}"
+    return found[0]
+
+
+def container(pod_spec: Obj) -> Obj:
+    containers: list[Obj] = pod_spec["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def env_values(c: Obj) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in c.get("env", []) if "value" in e}
+
+
+def operator_env(docs: list[Obj]) -> dict[str, str]:
+    return env_values(container(one(docs, "Deployment")["spec"]["template"]["spec"]))
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[Obj]:
+    """The chart rendered with its default values."""
+    return render()
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No RDO_* variables from the test runner's environment."""
+    for key in list(os.environ):
+        if key.startswith("RDO_"):
+            monkeypatch.delenv(key)
+    return monkeypatch
+
+
+# -- the chart's files --------------------------------------------------------------------------
+
+
+def test_chart_metadata() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "remote-docker-operator"
+    assert chart["version"] == "0.1.0"
+    assert chart["appVersion"] == "0.1.0"
+    assert chart["kubeVersion"] == ">=1.29.0-0"
+    assert chart["description"]
+
+
+def test_lint_strict() -> None:
+    result = helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout
+    assert "[ERROR]" not in result.stdout
+
+
+def test_kube_version_below_1_29_is_refused() -> None:
+    result = helm("template", RELEASE, str(CHART), "--kube-version", "1.28.9")
+    assert result.returncode != 0
+    assert "kubeVersion" in result.stderr
+
+
+def test_chart_crds_are_byte_identical_to_crds_dir() -> None:
+    source = {p.name: p.read_bytes() for p in (ROOT / "crds").iterdir() if p.is_file()}
+    copied = {p.name: p.read_bytes() for p in (CHART / "crds").iterdir() if p.is_file()}
+    assert sorted(copied) == sorted(source)
+    for name, data in source.items():
+        assert copied[name] == data, f"charts/remote-docker-operator/crds/{name} differs"
+
+
+def test_every_value_is_documented() -> None:
+    """Each key in values.yaml has a comment line directly above it."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    key = re.compile(r"^(\s*)[A-Za-z][A-Za-z0-9]*:")
+    undocumented = []
+    for i, line in enumerate(lines):
+        match = key.match(line)
+        if match is None:
+            continue
+        above = lines[i - 1] if i > 0 else ""
+        if not above.strip().startswith("#") or not above.startswith(match.group(1) + "#"):
+            undocumented.append(line.strip())
+    assert not undocumented
+
+
+def schema_objects(node: Obj, path: str = "") -> Iterator[tuple[str, Obj]]:
+    """Every object node of the values schema that declares properties."""
+    if "properties" in node:
+        yield path, node
+        for name, sub in node["properties"].items():
+            yield from schema_objects(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from schema_objects(node["items"], f"{path}[]")
+
+
+def load_schema() -> Obj:
+    schema: Obj = yaml.safe_load((CHART / "values.schema.json").read_text())
+    return schema
+
+
+def test_schema_refuses_unknown_keys_at_every_level() -> None:
+    schema = load_schema()
+    assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
+    objects = dict(schema_objects(schema))
+    assert {"", ".image", ".serviceAccount", ".resources", ".operator", ".test"} <= set(objects)
+    for path, node in objects.items():
+        assert node.get("additionalProperties") is False, path or "(root)"
+
+
+def test_schema_and_values_cover_each_other() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    schema = load_schema()
+
+    def compare(value: Obj, node: Obj, path: str) -> None:
+        declared = set(node["properties"]) - ({"global"} if path == "" else set())
+        assert set(value) == declared, path or "(root)"
+        for name, sub in node["properties"].items():
+            # An empty default (affinity: {}) is a Kubernetes structure left open.
+            if "properties" in sub and value.get(name):
+                compare(value[name], sub, f"{path}.{name}")
+
+    compare(values, schema, "")
+
+
+def test_schema_bounds_match_config() -> None:
+    """Minimums and maximums of the operator's settings are the ones config.py enforces."""
+    props = load_schema()["properties"]["operator"]["properties"]
+    for field_name, field in Settings.model_fields.items():
+        if field_name == "failpoint":
+            continue
+        camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), field_name)
+        prop = props[camel]
+        bounds = {type(m).__name__: m for m in field.metadata}
+        expected = {
+            "minimum": getattr(bounds.get("Ge"), "ge", None),
+            "maximum": getattr(bounds.get("Le"), "le", None),
+            "exclusiveMinimum": getattr(bounds.get("Gt"), "gt", None),
+        }
+        for keyword, bound in expected.items():
+            if bound is None:
+                continue
+            assert prop.get(keyword) == bound, f"operator.{camel}: {keyword}"
+        if camel == "namespacePrefix":
+            patterns = [m.pattern for m in field.metadata if hasattr(m, "pattern")]
+            assert prop["pattern"] in patterns
+
+
+# -- rendering as a whole -----------------------------------------------------------------------
+
+
+def test_one_resource_per_template() -> None:
+    text = render_text()
+    sources = Counter(re.findall(r"^# Source: remote-docker-operator/(\S+)$", text, re.M))
+    assert sources == dict.fromkeys(
+        [
+            "templates/serviceaccount.yaml",
+            "templates/clusterrole.yaml",
+            "templates/clusterrolebinding.yaml",
+            "templates/deployment.yaml",
+            "templates/tests/test-serviceaccount.yaml",
+            "templates/tests/test-role.yaml",
+            "templates/tests/test-rolebinding.yaml",
+            "templates/tests/test-buildjob.yaml",
+        ],
+        1,
+    )
+
+
+def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
+    expected = {
+        "app.kubernetes.io/name": "remote-docker-operator",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/version": "0.1.0",
+        "app.kubernetes.io/managed-by": "Helm",
+        "helm.sh/chart": "remote-docker-operator-0.1.0",
+    }
+    assert len(docs) == 8
+    for doc in docs:
+        labels = doc["metadata"].get("labels") or {}
+        assert expected.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}"
+    deployment = one(docs, "Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert expected.items() <= pod_labels.items()
+
+
+def test_namespaced_objects_are_in_the_release_namespace(docs: list[Obj]) -> None:
+    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    for doc in docs:
+        if doc["kind"] in cluster_scoped:
+            assert "namespace" not in doc["metadata"]
+        else:
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
+
+
+def test_names_fit_in_63_characters_for_a_long_release_name() -> None:
+    release = "r" * 53
+    for doc in render(release=release):
+        assert len(doc["metadata"]["name"]) <= 63, doc["kind"]
+    pod = one(render(release=release), "Pod", hook=True)
+    prefix = env_values(container(pod["spec"]))["RDO_TEST_NAME_PREFIX"]
+    # The API server adds 5 characters to a generateName; BuildJob names are at most 63.
+    assert len(prefix) <= 58
+
+
+# -- the Deployment -----------------------------------------------------------------------------
+
+
+def test_deployment_shape(docs: list[Obj]) -> None:
+    deployment = one(docs, "Deployment")
+    spec = deployment["spec"]
+    assert deployment["metadata"]["name"] == FULLNAME
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    template = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    pod = template["spec"]
+    assert pod["serviceAccountName"] == FULLNAME
+    assert pod["automountServiceAccountToken"] is True
+    assert "annotations" not in template["metadata"]
+    c = container(pod)
+    assert c["image"] == "remote-docker-operator:0.1.0"  # tag defaults to appVersion
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    assert c["command"] == ["python", "-m", "remote_docker_operator"]
+    assert "args" not in c
+    assert c["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    for absent in ("nodeSelector", "tolerations", "affinity", "imagePullSecrets"):
+        assert absent not in pod
+
+
+def test_deployment_security_context(docs: list[Obj]) -> None:
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    sc = container(pod)["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}
+    assert sc.get("privileged", False) is False
+    assert_restricted(pod)
+
+
+def test_deployment_tmp_is_an_empty_dir(docs: list[Obj]) -> None:
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in container(pod)["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    assert len(volumes) == 1  # nothing else: no hostPath, no ConfigMap
+
+
+def test_liveness_probe_is_kopfs_endpoint(docs: list[Obj]) -> None:
+    c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    probe = c["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports.get(probe["port"], probe["port"]) == 8080
+    assert env_values(c)["RDO_LIVENESS_ENDPOINT"] == "http://0.0.0.0:8080/healthz"
+
+
+def test_env_defaults_are_the_operators_defaults(
+    docs: list[Obj], clean_env: pytest.MonkeyPatch
+) -> None:
+    """Every setting of config.py has its variable, and the chart's defaults parse to exactly
+    the operator's own defaults."""
+    env = {k: v for k, v in operator_env(docs).items() if k.startswith("RDO_")}
+    settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields} - {"RDO_FAILPOINT"}
+    assert set(env) == settings_vars | {
+        "RDO_LIVENESS_ENDPOINT",
+        "RDO_LOG_LEVEL",
+        "RDO_LOG_FORMAT",
+    }
+    defaults = Settings()
+    for key, value in env.items():
+        clean_env.setenv(key, value)
+    assert Settings() == defaults
+    assert env["RDO_LOG_LEVEL"] == ""
+    assert env["RDO_LOG_FORMAT"] == ""
+
+
+@pytest.mark.parametrize(
+    ("args", "var", "expected"),
+    [
+        (["--set", "operator.maxRunning=3"], "RDO_MAX_RUNNING", "3"),
+        (
+            ["--set", "operator.deniedCidrs={10.96.0.0/12,fd00::/8}"],
+            "RDO_DENIED_CIDRS",
+            "10.96.0.0/12,fd00::/8",
+        ),
+        (
+            ["--set", "operator.engineImageRepository=mirror/docker"],
+            "RDO_ENGINE_IMAGE_REPOSITORY",
+            "mirror/docker",
+        ),
+        (
+            ["--set", "operator.engineImageSuffix=-dind-rootless"],
+            "RDO_ENGINE_IMAGE_SUFFIX",
+            "-dind-rootless",
+        ),
+        (["--set", "operator.engineVersion=28"], "RDO_ENGINE_VERSION", "28"),
+        (["--set", "operator.engineVersion=28.0.1"], "RDO_ENGINE_VERSION", "28.0.1"),
+        (["--set", "operator.engineStorage=50Gi"], "RDO_ENGINE_STORAGE", "50Gi"),
+        (["--set", "operator.namespacePrefix=ci-"], "RDO_NAMESPACE_PREFIX", "ci-"),
+        (
+            ["--set", "operator.defaultDeadlineSeconds=86400"],
+            "RDO_DEFAULT_DEADLINE_SECONDS",
+            "86400",
+        ),
+        # Big numbers must not come out in float notation (1e+06).
+        (["--set", "operator.defaultTtlSeconds=1000000"], "RDO_DEFAULT_TTL_SECONDS", "1000000"),
+        (["--set-json", "operator.resyncSeconds=0.5"], "RDO_RESYNC_SECONDS", "0.5"),
+        (["--set", "operator.clusterDomain=corp.example"], "RDO_CLUSTER_DOMAIN", "corp.example"),
+        (["--set", "operator.logLevel=DEBUG"], "RDO_LOG_LEVEL", "DEBUG"),
+        (["--set", "operator.logFormat=json"], "RDO_LOG_FORMAT", "json"),
+    ],
+)
+def test_values_set_the_env(args: list[str], var: str, expected: str) -> None:
+    assert operator_env(render(*args))[var] == expected
+
+
+def test_big_values_file_numbers_render_as_integers(tmp_path: Path) -> None:
+    values = tmp_path / "values.yaml"
+    values.write_text("operator:\n  defaultTtlSeconds: 10000000\n  maxRunning: 1000000\n")
+    env = operator_env(render("--values", str(values)))
+    assert env["RDO_DEFAULT_TTL_SECONDS"] == "10000000"
+    assert env["RDO_MAX_RUNNING"] == "1000000"
+
+
+def test_rendered_env_is_what_the_operator_reads(clean_env: pytest.MonkeyPatch) -> None:
+    env = operator_env(
+        render(
+            "--set", "operator.maxRunning=3",
+            "--set", "operator.deniedCidrs={10.96.0.0/12,fd00::/8}",
+            "--set", "operator.engineVersion=26",
+            "--set-json", "operator.resyncSeconds=2.5",
+            "--set", "operator.namespacePrefix=ci-",
+        )
+    )  # fmt: skip
+    for key, value in env.items():
+        if key.startswith("RDO_"):
+            clean_env.setenv(key, value)
+    settings = Settings()
+    assert settings.max_running == 3
+    assert settings.denied_cidrs == ["10.96.0.0/12", "fd00::/8"]
+    assert settings.engine_version == "26"
+    assert settings.resync_seconds == 2.5
+    assert settings.namespace_prefix == "ci-"
+
+
+def test_image_and_pod_values() -> None:
+    docs = render(
+        "--set", "image.repository=registry.example/rdo",
+        "--set", "image.tag=1.2.3",
+        "--set", "image.pullPolicy=Always",
+        "--set", "imagePullSecrets[0].name=regcred",
+        "--set-json", 'nodeSelector={"kubernetes.io/os":"linux"}',
+        "--set-json", 'tolerations=[{"key":"ci","operator":"Exists","effect":"NoSchedule"}]',
+        "--set-json", 'affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":'
+        '{"nodeSelectorTerms":[{"matchExpressions":[{"key":"pool","operator":"In",'
+        '"values":["ops"]}]}]}}}',
+        "--set-string", "podAnnotations.prometheus\\.io/scrape=false",
+        "--set", "resources.limits.cpu=1",
+    )  # fmt: skip
+    pod_template = one(docs, "Deployment")["spec"]["template"]
+    pod = pod_template["spec"]
+    c = container(pod)
+    assert c["image"] == "registry.example/rdo:1.2.3"
+    assert c["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert pod["tolerations"] == [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}]
+    assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["nodeAffinity"]
+    assert pod_template["metadata"]["annotations"] == {"prometheus.io/scrape": "false"}
+    assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
+    test_pod = container(one(docs, "Pod", hook=True)["spec"])
+    assert test_pod["image"] == "registry.example/rdo:1.2.3"
+
+
+# -- ServiceAccount and RBAC --------------------------------------------------------------------
+
+
+def test_service_account_values() -> None:
+    docs = render("--set", "serviceAccount.annotations.example\\.com/role=rdo")
+    sa = one(docs, "ServiceAccount")
+    assert sa["metadata"]["name"] == FULLNAME
+    assert sa["metadata"]["annotations"] == {"example.com/role": "rdo"}
+
+    docs = render("--set", "serviceAccount.create=false", "--set", "serviceAccount.name=ops")
+    assert find(docs, "ServiceAccount", hook=False) == []
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "ops"
+    assert one(docs, "ClusterRoleBinding")["subjects"][0]["name"] == "ops"
+
+    docs = render("--set", "serviceAccount.create=false")
+    assert one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+def rule_set(rules: list[Obj]) -> set[tuple[str, str, frozenset[str]]]:
+    out = set()
+    for rule in rules:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames etc.
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out.add((group, resource, frozenset(rule["verbs"])))
+    return out
+
+
+EXPECTED_OPERATOR_RULES = {
+    (names.GROUP, "buildjobs", frozenset({"get", "list", "watch", "patch"})),
+    (names.GROUP, "buildjobs/status", frozenset({"patch"})),
+    ("", "events", frozenset({"create"})),
+    ("", "namespaces", frozenset({"get", "list", "create", "delete"})),
+    ("", "pods", frozenset({"get", "list", "watch", "create", "delete"})),
+    ("", "secrets", frozenset({"get", "create", "update"})),
+    ("", "services", frozenset({"get", "create"})),
+    ("networking.k8s.io", "networkpolicies", frozenset({"get", "create"})),
+}
+
+
+def test_cluster_role_rules_are_exactly_the_expected_set(docs: list[Obj]) -> None:
+    role = one(docs, "ClusterRole")
+    assert role["metadata"]["name"] == FULLNAME
+    assert rule_set(role["rules"]) == EXPECTED_OPERATOR_RULES
+    assert len(role["rules"]) == len(EXPECTED_OPERATOR_RULES)  # one rule per resource
+
+
+def test_every_cluster_role_rule_has_a_comment() -> None:
+    lines = (CHART / "templates" / "clusterrole.yaml").read_text().splitlines()
+    starts = [i for i, line in enumerate(lines) if line.lstrip().startswith("- apiGroups:")]
+    assert len(starts) == len(EXPECTED_OPERATOR_RULES)
+    for i in starts:
+        assert lines[i - 1].lstrip().startswith("#"), lines[i]
+
+
+def test_cluster_role_binding(docs: list[Obj]) -> None:
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": FULLNAME,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+
+
+# -- schema: what helm refuses ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "assignment",
+    [
+        "bogus=1",
+        "operator.bogus=1",
+        "image.bogus=1",
+        "serviceAccount.bogus=1",
+        "resources.bogus=1",
+        "affinity.bogus=1",
+        "test.bogus=1",
+        "imagePullSecrets[0].bogus=1",
+    ],
+)
+def test_unknown_keys_are_refused(assignment: str) -> None:
+    result = template("--set", assignment)
+    assert result.returncode != 0
+    assert "schema" in result.stderr
+    assert "bogus" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--set", "image.pullPolicy=Sometimes"],
+        ["--set", "operator.logFormat=xml"],
+        ["--set", "operator.logLevel=loud"],
+        ["--set", "operator.maxRunning=-1"],
+        ["--set", "operator.defaultDeadlineSeconds=0"],
+        ["--set", "operator.defaultDeadlineSeconds=86401"],
+        ["--set", "operator.defaultTtlSeconds=-1"],
+        ["--set", "operator.resyncSeconds=0"],
+        ["--set-string", "operator.maxRunning=three"],
+        ["--set", "operator.namespacePrefix=Bad_"],
+        ["--set", "operator.deniedCidrs={not-a-cidr}"],
+        ["--set", "operator.engineStorage=lots"],
+        ["--set", "test.timeoutSeconds=0"],
+        ["--set", "serviceAccount.create=maybe"],
+    ],
+)
+def test_invalid_values_are_refused(args: list[str]) -> None:
+    result = template(*args)
+    assert result.returncode != 0
+    assert "schema" in result.stderr
+
+
+# -- helm test ----------------------------------------------------------------------------------
+
+
+def test_test_hook_objects(docs: list[Obj]) -> None:
+    hooks = [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})]
+    assert sorted(d["kind"] for d in hooks) == ["Pod", "Role", "RoleBinding", "ServiceAccount"]
+    weights = {}
+    for hook in hooks:
+        annotations = hook["metadata"]["annotations"]
+        assert annotations["helm.sh/hook"] == "test"
+        assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
+        assert hook["metadata"]["name"] == TEST_NAME
+        weights[hook["kind"]] = int(annotations["helm.sh/hook-weight"])
+    # RBAC exists before the Pod that needs it.
+    assert weights["ServiceAccount"] < weights["Role"] < weights["RoleBinding"] < weights["Pod"]
+
+    role = one(docs, "Role", hook=True)
+    assert rule_set(role["rules"]) == {
+        (names.GROUP, names.PLURAL, frozenset({"create", "get", "delete"}))
+    }
+    binding = one(docs, "RoleBinding", hook=True)
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": TEST_NAME,
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": TEST_NAME, "namespace": NAMESPACE}
+    ]
+
+
+def test_test_pod(docs: list[Obj]) -> None:
+    pod = one(docs, "Pod", hook=True)["spec"]
+    assert pod["restartPolicy"] == "Never"
+    assert pod["serviceAccountName"] == TEST_NAME
+    assert pod["automountServiceAccountToken"] is True
+    assert_restricted(pod)
+    c = container(pod)
+    operator = container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    assert c["image"] == operator["image"]
+    assert c["command"][:2] == ["python", "-c"]
+    assert c["command"][2] == (CHART / "files" / "helm-test.py").read_text()
+    env = env_values(c)
+    assert env["RDO_TEST_NAMESPACE"] == NAMESPACE
+    assert env["RDO_TEST_JOB_IMAGE"] == "docker:27-cli"
+    assert env["RDO_TEST_ENGINE_IMAGE"] == ""
+    assert env["RDO_TEST_TIMEOUT_SECONDS"] == "240"
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"] if "valueFrom" in e
+    }
+    assert fields == {"RDO_TEST_POD_NAME": "metadata.name", "RDO_TEST_POD_UID": "metadata.uid"}
+
+
+def test_test_values() -> None:
+    docs = render(
+        "--set", "test.jobImage=registry.example/docker:27-cli",
+        "--set", "test.engineImage=registry.example/docker:27-dind",
+        "--set", "test.timeoutSeconds=900",
+    )  # fmt: skip
+    env = env_values(container(one(docs, "Pod", hook=True)["spec"]))
+    assert env["RDO_TEST_JOB_IMAGE"] == "registry.example/docker:27-cli"
+    assert env["RDO_TEST_ENGINE_IMAGE"] == "registry.example/docker:27-dind"
+    assert env["RDO_TEST_TIMEOUT_SECONDS"] == "900"
+
+    docs = render("--set", "test.enabled=false")
+    assert [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})] == []
+    assert len(docs) == 4
+
+
+@pytest.mark.parametrize("engine_image", ["", "registry.example/docker:27-dind"])
+def test_test_script_builds_a_valid_buildjob(
+    monkeypatch: pytest.MonkeyPatch, engine_image: str
+) -> None:
+    spec = importlib.util.spec_from_file_location("helm_test", CHART / "files" / "helm-test.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for key, value in {
+        "RDO_TEST_NAMESPACE": NAMESPACE,
+        "RDO_TEST_NAME_PREFIX": f"{TEST_NAME}-",
+        "RDO_TEST_JOB_IMAGE": "docker:27-cli",
+        "RDO_TEST_ENGINE_IMAGE": engine_image,
+        "RDO_TEST_TIMEOUT_SECONDS": "300",
+        "RDO_TEST_POD_NAME": TEST_NAME,
+        "RDO_TEST_POD_UID": "0b6f7f3e-5d4c-4c1e-9a57-0a4b1c2d3e4f",
+    }.items():
+        monkeypatch.setenv(key, value)
+    body: Obj = module.build_job()
+    assert body["apiVersion"] == names.API_VERSION
+    assert body["kind"] == names.KIND
+    assert body["metadata"]["ownerReferences"][0]["kind"] == "Pod"
+    job = BuildJob.model_validate({"spec": body["spec"]})
+    assert job.spec.job.command == ["sh", "-c"]
+    assert job.spec.job.args == ["docker version"]
+    assert (job.spec.engine.image if job.spec.engine else None) == (engine_image or None)
+
+
+def test_notes_example_is_a_valid_buildjob() -> None:
+    notes = (CHART / "templates" / "NOTES.txt").read_text()
+    for step in ("kubectl apply", "get bj -w", "helm test"):
+        assert step in notes
+    match = re.search(r"<<'YAML'\n(.*?)\n\s*YAML\n", notes, re.S)
+    assert match, "NOTES.txt has no example BuildJob"
+    example = yaml.safe_load(textwrap.dedent(match.group(1)))
+    assert example["apiVersion"] == names.API_VERSION
+    assert example["kind"] == names.KIND
+    BuildJob.model_validate({"spec": example["spec"]})
+
+
+# -- Pod Security Standards ---------------------------------------------------------------------
+
+
+def assert_restricted(pod: Obj) -> None:
+    """The "restricted" Pod Security Standard, as far as it concerns these pods."""
+    pod_sc = pod.get("securityContext") or {}
+    for host_namespace in ("hostNetwork", "hostPID", "hostIPC"):
+        assert not pod.get(host_namespace), host_namespace
+    for volume in pod.get("volumes", []):
+        assert set(volume) - {"name"} <= {
+            "emptyDir", "configMap", "secret", "projected", "downwardAPI",
+            "persistentVolumeClaim", "ephemeral", "csi",
+        }  # fmt: skip
+    for c in pod["containers"]:
+        sc = c.get("securityContext") or {}
+        assert sc.get("privileged", False) is False
+        assert sc.get("allowPrivilegeEscalation") is False
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"]
+        assert not sc.get("capabilities", {}).get("add")
+        assert sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True
+        assert sc.get("runAsUser", pod_sc.get("runAsUser", 1)) != 0
+        seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile")) or {}
+        assert seccomp.get("type") in ("RuntimeDefault", "Localhost")
+        assert not c.get("ports") or all("hostPort" not in p for p in c["ports"])

@@ -1,0 +1,71 @@
+"""The reconciler's pure decisions: parsing, queue admission. (Its API side is exercised against
+a real API server in tests/integration.)"""
+
+from typing import Any
+
+from remote_docker_operator import names
+from remote_docker_operator.config import Settings
+from remote_docker_operator.kube import Kube
+from remote_docker_operator.reconcile import Reconciler, parse_spec
+
+
+def body(uid: str, created: str, phase: str | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": f"bj-{uid}", "namespace": "ci", "uid": uid,
+                     "creationTimestamp": created, "generation": 1,
+                     "finalizers": [names.FINALIZER]},
+        "spec": spec or {"job": {"image": "a"}},
+        "status": {"phase": phase} if phase else {},
+    }
+
+
+def reconciler(**settings: Any) -> Reconciler:
+    # Admission decisions never touch the API: no client is needed to test them.
+    return Reconciler(Kube.__new__(Kube), Settings(**settings), lambda *_: None)
+
+
+def test_parse_spec_names_the_field() -> None:
+    target, invalid = parse_spec(body("1", "t", job={"image": "a"}), Settings())
+    assert target is not None
+    assert invalid is None
+    target, invalid = parse_spec(body("2", "t", job={"image": "a"},
+                                      activeDeadlineSeconds=0), Settings())
+    assert target is None
+    assert invalid is not None
+    assert invalid.startswith("spec.activeDeadlineSeconds:")
+
+
+def test_unlimited_admits_everyone() -> None:
+    rec = reconciler()
+    states = [rec.observe(body(str(i), f"2026-01-01T00:00:0{i}Z")) for i in range(5)]
+    assert all(rec._admit(s) for s in states)
+
+
+def test_queue_admits_in_creation_order_up_to_the_limit() -> None:
+    rec = reconciler(max_running=2)
+    running = rec.observe(body("r", "2026-01-01T00:00:00Z", "Running"))
+    late = rec.observe(body("c", "2026-01-01T00:00:09Z"))
+    early = rec.observe(body("a", "2026-01-01T00:00:01Z"))
+    middle = rec.observe(body("b", "2026-01-01T00:00:05Z"))
+    assert running.phase == "Running"
+    # One slot is free: it goes to the oldest waiting BuildJob, whoever asks first.
+    assert not rec._admit(late)
+    assert not rec._admit(middle)
+    assert rec._admit(early)
+    # Admitted but not yet Provisioning still holds its slot.
+    assert not rec._admit(middle)
+    # A finished BuildJob frees its slot.
+    running.status = {"phase": "Succeeded"}
+    assert rec._admit(middle)
+    assert not rec._admit(late)
+    early.status = {"phase": "Failed"}
+    assert rec._admit(late)
+
+
+def test_deleted_buildjobs_do_not_hold_slots() -> None:
+    rec = reconciler(max_running=1)
+    old = rec.observe(body("a", "2026-01-01T00:00:00Z", "Running"))
+    new = rec.observe(body("b", "2026-01-01T00:00:01Z"))
+    assert not rec._admit(new)
+    old.deleting = True
+    assert rec._admit(new)
