@@ -1,18 +1,23 @@
 # remote-docker-operator. Every target installs or builds what it needs; slow builds are cached
-# under $(RDO_CACHE) (Go binaries keyed by version, the Python virtualenv keyed by pyproject).
+# under $(RDO_CACHE): Go binaries keyed by version, images by their inputs, the virtualenv by
+# pyproject.toml.
 RDO_CACHE ?= /var/cache/remote-docker-operator
-export RDO_CACHE
+RDO_CLUSTER_DIR ?= $(CURDIR)/.artifacts/cluster
+export RDO_CACHE RDO_CLUSTER_DIR
 VENV := $(RDO_CACHE)/venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help venv bins crds lint test test-unit test-integration clean-cache
+.PHONY: help up down test test-unit test-integration test-e2e lint crds deps bins images venv
 
 help:
-	@echo "make test              lint, unit and integration tests (builds everything needed)"
+	@echo "make up                a local cluster, the operator, and examples/hello.yaml run to the end"
+	@echo "make down              stop the local cluster and everything it started"
+	@echo "make test              lint, unit, integration and e2e tests (builds everything needed)"
 	@echo "make test-unit         unit tests only (seconds)"
-	@echo "make test-integration  against a real kube-apiserver + kwok"
-	@echo "make crds              regenerate crds/ from the pydantic models"
+	@echo "make test-integration  against a real kube-apiserver with kwok"
+	@echo "make test-e2e          on a real single-node cluster where pods run"
+	@echo "make crds              regenerate crds/ (and the chart's copy) from the pydantic models"
 	@echo "make lint              ruff and mypy --strict"
 
 # The package is installed editable, so the stamp covers this checkout's path as well.
@@ -24,8 +29,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test,lint]'
 	@rm -f $(VENV)/.installed-*; touch $@
 
+deps:
+	cluster/install-deps.sh
+
 bins:
-	cluster/build-bins.sh control-plane kwok
+	cluster/build-bins.sh
+
+images: deps
+	$(PY) images/build.py >/dev/null
 
 crds: venv
 	$(PY) -m remote_docker_operator.crd crds/buildjobs.remotedocker.dev.yaml \
@@ -41,8 +52,14 @@ test-unit: venv
 test-integration: venv bins
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
-test: venv bins lint
-	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
+test-e2e: venv deps bins images
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
-clean-cache:
-	rm -rf $(RDO_CACHE)
+test: venv deps bins images lint
+	$(VENV)/bin/pytest tests/unit tests/integration tests/e2e $(PYTEST_ARGS)
+
+up: venv
+	cluster/up.sh
+
+down: venv
+	$(PY) cluster/localcluster.py down --dir $(RDO_CLUSTER_DIR)

@@ -2,13 +2,21 @@
 
 Tier "kwok" (the integration tests): etcd, kube-apiserver, kube-controller-manager (namespace
 deletion, garbage collection), kube-scheduler and kwok with one fake node whose pods "run"
-through kwok stages. Every process listens on loopback only; every log goes to <dir>/logs.
+through kwok stages. Every process listens on loopback only.
 
-    python cluster/localcluster.py up --dir DIR     # idempotent: running parts are kept
-    python cluster/localcluster.py down --dir DIR   # stops every process it started
+Tier "real" (the e2e tests, `make up`): the same control plane on an address of a bridge this
+tool creates, plus a real node (node.py): containerd, kubelet, CNI bridge, kube-proxy,
+kube-router's NetworkPolicy firewall and CoreDNS; pods really run.
+
+Every log goes to <dir>/logs.
+
+    python cluster/localcluster.py up --tier real --dir DIR   # idempotent
+    python cluster/localcluster.py down --dir DIR             # stops and removes everything
 """
 
 import argparse
+import contextlib
+import functools
 import json
 import os
 import signal
@@ -18,10 +26,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node import NODE_IP, Node
 from pki import PKI
 
 HERE = Path(__file__).resolve().parent
@@ -32,10 +42,31 @@ POD_CIDR = "10.244.0.0/16"
 KWOK_NODE = "kwok-node-0"
 
 
+def build_images(*names: str) -> dict[str, Path]:
+    """Builds (or finds cached) the node's images: {ref: archive}."""
+    out = subprocess.run(
+        [sys.executable, str(HERE.parent / "images" / "build.py"), "--json", *names],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return {image["ref"]: Path(image["archive"]) for image in json.loads(out).values()}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def signal_tree(pid: int, sig: int) -> None:
+    """Signals a process's group (each component is started as a session leader), or the
+    process alone if it leads none."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 @dataclass
@@ -64,11 +95,16 @@ class Cluster:
             d.mkdir(parents=True, exist_ok=True)
         self.pki = PKI(self.dir / "pki")
         self.kubeconfig = self.dir / "admin.kubeconfig"
-        saved = self.dir / "ports.json"
-        if saved.exists():  # a running cluster keeps the ports it was started with
-            self.ports = Ports(**json.loads(saved.read_text()))
+        saved = self.dir / "cluster.json"
+        if saved.exists():  # a running cluster keeps the ports and tier it was started with
+            state = json.loads(saved.read_text())
+            self.ports, self.tier = Ports(**state["ports"]), state["tier"]
         else:
-            saved.write_text(json.dumps(self.ports.__dict__))
+            saved.write_text(json.dumps({"ports": self.ports.__dict__, "tier": self.tier}))
+        # The real tier serves on the node's own address (pods reach the API server through
+        # the kubernetes Service); the kwok tier never leaves loopback.
+        self.host = NODE_IP if self.tier == "real" else "127.0.0.1"
+        self.node = Node(self, BIN, POD_CIDR, SERVICE_CIDR)
 
     # -- processes ------------------------------------------------------------------------------
 
@@ -97,12 +133,12 @@ class Cluster:
         if pid is None:
             (self.pids / name).unlink(missing_ok=True)
             return
-        os.killpg(pid, signal.SIGTERM)
+        signal_tree(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self._pid(name):
             time.sleep(0.1)
         if self._pid(name):
-            os.killpg(pid, signal.SIGKILL)
+            signal_tree(pid, signal.SIGKILL)
         (self.pids / name).unlink(missing_ok=True)
 
     def running(self) -> list[str]:
@@ -121,7 +157,7 @@ class Cluster:
                         {
                             "name": "local",
                             "cluster": {
-                                "server": f"https://127.0.0.1:{self.ports.apiserver}",
+                                "server": f"https://{self.host}:{self.ports.apiserver}",
                                 "certificate-authority": str(self.pki.ca_cert_path),
                             },
                         }
@@ -152,7 +188,9 @@ class Cluster:
 
     # -- components -------------------------------------------------------------------------------
 
-    def up(self) -> None:
+    def up(self, images: dict[str, Path] | None = None) -> None:
+        if self.tier == "real":
+            self.node.network_up()
         self._etcd()
         self._apiserver()
         self._wait_ready()
@@ -160,10 +198,43 @@ class Cluster:
         self._scheduler()
         if self.tier == "kwok":
             self._kwok()
+            return
+        node = self.node
+        node.containerd_up()
+        node.import_images(images if images is not None else build_images())
+        node.kubelet_up()
+        node.proxy_up()
+        node.wait_node_ready()
+        node.firewall_up()  # kube-router needs the Node object to exist
+        node.addons_up()
+        self.kubectl(
+            "-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s"
+        )
 
     def down(self) -> None:
-        for name in ("kwok", "kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd"):
-            self.stop(name)
+        """Stops everything; each step runs even if an earlier one fails."""
+
+        def stopping(*names: str) -> list[Callable[[], None]]:
+            return [functools.partial(self.stop, name) for name in names]
+
+        known = {"kwok", "kube-router", "kube-proxy", "kubelet", "containerd", "kube-scheduler",
+                 "kube-controller-manager", "kube-apiserver", "etcd"}
+        # Processes others registered here first (e.g. the operator `make up` started).
+        steps = stopping(*(p.name for p in self.pids.iterdir() if p.name not in known))
+        steps += stopping("kwok", "kube-router", "kube-proxy", "kubelet")
+        if self.tier == "real":
+            steps += [self.node.stop_containers, *stopping("containerd"), self.node.stop_containers]
+        steps += stopping("kube-scheduler", "kube-controller-manager", "kube-apiserver", "etcd")
+        if self.tier == "real":
+            steps += [self.node.unmount_all, self.node.remove_cgroups, self.node.network_down]
+        errors = []
+        for step in steps:
+            try:
+                step()
+            except Exception as e:
+                errors.append(e)
+        if errors:
+            raise RuntimeError(f"teardown finished with errors: {errors}")
 
     def _etcd(self) -> None:
         p = self.ports
@@ -196,7 +267,7 @@ class Cluster:
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
             ),
-            ips=("127.0.0.1", "10.96.0.1"),
+            ips=("127.0.0.1", "10.96.0.1", NODE_IP),
             server=True,
         )
         admin = self.pki.issue("admin", "admin", org="system:masters")
@@ -207,8 +278,8 @@ class Cluster:
             [
                 str(BIN / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.ports.etcd_client}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.ports.apiserver}",
                 f"--tls-cert-file={serving[0]}",
                 f"--tls-private-key-file={serving[1]}",
@@ -220,17 +291,32 @@ class Cluster:
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
-                # Loopback may not be an endpoint of the kubernetes Service; nothing here needs it.
-                "--endpoint-reconciler-type=none",
+                # Loopback may not be an endpoint of the kubernetes Service (kwok tier).
+                f"--endpoint-reconciler-type={'lease' if self.tier == 'real' else 'none'}",
                 "--profiling=false",
                 "--v=1",
+                *self._kubelet_client_flags(),
             ],
         )
+
+    def _kubelet_client_flags(self) -> list[str]:
+        """How the API server reaches kubelets for logs and exec (the real tier has one)."""
+        if self.tier != "real":
+            return []
+        cert, key = self.pki.issue(
+            "apiserver-kubelet-client", "kube-apiserver-kubelet-client", org="system:masters"
+        )
+        return [
+            f"--kubelet-client-certificate={cert}",
+            f"--kubelet-client-key={key}",
+            f"--kubelet-certificate-authority={self.pki.ca_cert_path}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _wait_ready(self, timeout: float = 120) -> None:
         ctx = ssl.create_default_context(cafile=str(self.pki.ca_cert_path))
         ctx.load_cert_chain(*self.pki.issue("admin", "admin", org="system:masters"))
-        url = f"https://127.0.0.1:{self.ports.apiserver}/readyz"
+        url = f"https://{self.host}:{self.ports.apiserver}/readyz"
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -347,7 +433,7 @@ def main() -> int:
     parser.add_argument(
         "--dir", type=Path, default=Path(os.environ.get("RDO_CLUSTER_DIR", "/tmp/rdo-cluster"))
     )
-    parser.add_argument("--tier", choices=["kwok"], default="kwok")
+    parser.add_argument("--tier", choices=["kwok", "real"], default="kwok")
     args = parser.parse_args()
     cluster = Cluster(args.dir, tier=args.tier)
     if args.command == "up":

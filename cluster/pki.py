@@ -59,9 +59,9 @@ class PKI:
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                 critical=True,
             )
-            .sign(self.ca_key, hashes.SHA256())  # type: ignore[arg-type]
+            .sign(self.ca_key, hashes.SHA256())
         )
-        _write_key(ca_key_path, self.ca_key)  # type: ignore[arg-type]
+        _write_key(ca_key_path, self.ca_key)
         self.ca_cert_path.write_bytes(self.ca_cert.public_bytes(serialization.Encoding.PEM))
 
     def issue(

@@ -366,6 +366,39 @@ def _client_env() -> list[Manifest]:
     ]
 
 
+UNPRIVILEGED: Manifest = {
+    "privileged": False,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+WAIT_FOR_ENGINE_SECONDS = 120
+
+
+def _wait_for_engine(t: Target) -> Manifest:
+    """An init container that holds the job back until a mutual-TLS call to the engine succeeds
+    from inside the job pod: the engine being Ready does not mean this new pod's traffic is
+    already allowed (a NetworkPolicy controller programs a new pod's rules a moment after it
+    starts) or that its DNS works. It runs the engine image, which has the docker CLI."""
+    script = (
+        f"for i in $(seq {WAIT_FOR_ENGINE_SECONDS * 2}); do "
+        "docker version >/dev/null 2>&1 && exit 0; sleep 0.5; done; "
+        'echo "engine $DOCKER_HOST unreachable over mutual TLS" >&2; exit 1'
+    )
+    container: Manifest = {
+        "name": names.WAIT_CONTAINER,
+        "image": t.engine_image,
+        "command": ["sh", "-c", script],
+        "env": _client_env(),
+        "volumeMounts": [{"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+        "securityContext": UNPRIVILEGED,
+    }
+    if t.spec.engine.image_pull_policy:
+        container["imagePullPolicy"] = t.spec.engine.image_pull_policy
+    return container
+
+
 def build_job_pod(t: Target) -> Manifest:
     job = t.spec.job
     # The user's variables first, so spec.job.env[i] is the pod's env[i] in API errors; ours
@@ -403,12 +436,7 @@ def build_job_pod(t: Target) -> Manifest:
         "env": env,
         "resources": _resources(job.resources),
         "volumeMounts": mounts,
-        "securityContext": {
-            "privileged": False,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": UNPRIVILEGED,
     }
     optional = {
         "imagePullPolicy": job.image_pull_policy,
@@ -424,6 +452,7 @@ def build_job_pod(t: Target) -> Manifest:
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
+        "initContainers": [_wait_for_engine(t)],
         "containers": [container],
         "volumes": volumes,
     }

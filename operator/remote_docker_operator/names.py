@@ -43,6 +43,7 @@ POLICY_ENGINE = "engine"
 POLICY_JOB = "job"
 JOB_CONTAINER = "job"
 ENGINE_CONTAINER = "dockerd"
+WAIT_CONTAINER = "wait-for-engine"
 
 ENGINE_PORT = 2376
 CERT_DIR = "/certs/client"

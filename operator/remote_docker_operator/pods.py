@@ -14,10 +14,19 @@ CONFIG_FAILURES = frozenset(
 
 
 def _container_status(pod: Pod, container: str) -> dict[str, Any]:
-    for status in (pod.get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == container:
-            return dict(status)
+    status = pod.get("status") or {}
+    for entry in (status.get("containerStatuses") or []) + (
+        status.get("initContainerStatuses") or []
+    ):
+        if entry.get("name") == container:
+            return dict(entry)
     return {}
+
+
+def init_failed(pod: Pod, container: str) -> dict[str, Any] | None:
+    """The terminated state of an init container that exited non-zero, else None."""
+    state = (_container_status(pod, container).get("state") or {}).get("terminated")
+    return dict(state) if state and state.get("exitCode") else None
 
 
 def is_ready(pod: Pod) -> bool:

@@ -342,6 +342,14 @@ class Reconciler:
         if job is None:
             self._fail(state, st.JOB_POD_DELETED, "the job pod was deleted before it finished")
             return
+        unreachable = pods.init_failed(job, names.WAIT_CONTAINER)
+        if unreachable is not None:
+            self._fail(
+                state,
+                st.ENGINE_FAILED,
+                "the job pod could not reach its engine: " + pods.describe_exit(unreachable),
+            )
+            return
         ended = pods.terminated(job, names.JOB_CONTAINER)
         if ended is not None:
             code = int(ended.get("exitCode", 1))
@@ -362,7 +370,9 @@ class Reconciler:
         if pods.is_terminating(job):
             self._fail(state, st.JOB_POD_DELETED, "the job pod was deleted before it finished")
             return
-        stuck = pods.waiting_failure(job, names.JOB_CONTAINER)
+        stuck = pods.waiting_failure(job, names.JOB_CONTAINER) or pods.waiting_failure(
+            job, names.WAIT_CONTAINER
+        )
         if stuck is not None:
             reason = st.IMAGE_PULL_FAILED if stuck[0] in pods.PULL_FAILURES else st.INVALID_SPEC
             self._fail(state, reason, f"the job container cannot start: {stuck[0]}: {stuck[1]}")

@@ -227,9 +227,30 @@ def test_secret_copy(target: Target) -> None:
 
 
 def test_user_env_comes_first_and_ours_win() -> None:
-    t = make_target({"job": {"image": "a", "env": [{"name": "X", "value": "1"},
-                                                    {"name": "DOCKER_HOST", "value": "evil"}]}})
+    t = make_target(
+        {
+            "job": {
+                "image": "a",
+                "env": [{"name": "X", "value": "1"}, {"name": "DOCKER_HOST", "value": "evil"}],
+            }
+        }
+    )
     env = builders.build_job_pod(t)["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env[:2]] == ["X", "DOCKER_HOST"]  # spec.job.env[i] is env[i]
     last = [e for e in env if e["name"] == "DOCKER_HOST"][-1]
     assert last["valueFrom"]["secretKeyRef"]["name"] == "docker-client"
+
+
+def test_job_waits_for_its_engine_over_tls(target: Target) -> None:
+    pod = builders.build_job_pod(target)
+    [init] = pod["spec"]["initContainers"]
+    assert init["name"] == "wait-for-engine"
+    assert init["image"] == target.engine_image  # it has the docker CLI
+    assert "docker version" in init["command"][-1]
+    assert init["securityContext"] == pod["spec"]["containers"][0]["securityContext"]
+    assert {e["name"] for e in init["env"]} == {
+        "DOCKER_HOST",
+        "DOCKER_TLS_VERIFY",
+        "DOCKER_CERT_PATH",
+    }
+    assert init["volumeMounts"][0]["mountPath"] == "/certs/client"

@@ -11,9 +11,14 @@ from remote_docker_operator.reconcile import Reconciler, parse_spec
 
 def body(uid: str, created: str, phase: str | None = None, **spec: Any) -> dict[str, Any]:
     return {
-        "metadata": {"name": f"bj-{uid}", "namespace": "ci", "uid": uid,
-                     "creationTimestamp": created, "generation": 1,
-                     "finalizers": [names.FINALIZER]},
+        "metadata": {
+            "name": f"bj-{uid}",
+            "namespace": "ci",
+            "uid": uid,
+            "creationTimestamp": created,
+            "generation": 1,
+            "finalizers": [names.FINALIZER],
+        },
         "spec": spec or {"job": {"image": "a"}},
         "status": {"phase": phase} if phase else {},
     }
@@ -28,8 +33,9 @@ def test_parse_spec_names_the_field() -> None:
     target, invalid = parse_spec(body("1", "t", job={"image": "a"}), Settings())
     assert target is not None
     assert invalid is None
-    target, invalid = parse_spec(body("2", "t", job={"image": "a"},
-                                      activeDeadlineSeconds=0), Settings())
+    target, invalid = parse_spec(
+        body("2", "t", job={"image": "a"}, activeDeadlineSeconds=0), Settings()
+    )
     assert target is None
     assert invalid is not None
     assert invalid.startswith("spec.activeDeadlineSeconds:")

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Debian packages the local cluster and the image builds need; installs only what is missing.
+set -euo pipefail
+packages=(containerd runc containernetworking-plugins iptables ipset conntrack debootstrap
+          busybox-static gcc libc6-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+echo "installing ${missing[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}" >/dev/null 2>&1 || {
+  apt-get -o DPkg::Lock::Timeout=600 update -q >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q "${missing[@]}" >/dev/null
+}

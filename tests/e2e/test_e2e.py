@@ -1,0 +1,238 @@
+"""BuildJobs on a real cluster: the engine really builds, the network policy really isolates.
+
+Every network check below is a real connection attempt between pods, or to a server of the
+test's own on an address this machine holds; nothing is sent anywhere else.
+"""
+
+import re
+from typing import Any
+
+import pytest
+
+from ..support import Kube, OperatorProcess, wait_for
+from .conftest import BUSYBOX, JOB_IMAGE
+
+pytestmark = pytest.mark.e2e
+
+# A plain TCP connect with a timeout, from the job pod (bash's /dev/tcp).
+PROBE = (
+    'probe() { if timeout 4 bash -c "exec 3<>/dev/tcp/$2/$3" 2>/dev/null; '
+    'then echo "CHECK $1=open"; else echo "CHECK $1=closed"; fi; }\n'
+)
+# The same from a container the job starts in its engine: through the engine pod's network.
+# (BusyBox's nc has no -z; `-e PROG`, last, runs PROG once connected: exit 0 only on connect.)
+ENGINE_PROBE = (
+    f'eprobe() {{ if docker run --rm {BUSYBOX} nc -w 4 "$2" "$3" -e true; '
+    'then echo "CHECK $1=open"; else echo "CHECK $1=closed"; fi; }\n'
+)
+LOAD_BUSYBOX = "docker load -i /images/busybox.tar >/dev/null\n"
+
+
+def job(script: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "job": {
+            "image": JOB_IMAGE,
+            "imagePullPolicy": "Never",
+            "command": ["bash", "-c"],
+            "args": [script],
+        },
+        "engine": {"imagePullPolicy": "Never"},
+        **extra,
+    }
+
+
+def job_log(kube: Kube, status: dict[str, Any]) -> str:
+    text: str = kube.core.read_namespaced_pod_log("job", status["namespace"])
+    return text
+
+
+def checks(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^CHECK (\S+)=(\S+)$", text, re.MULTILINE))
+
+
+def run(
+    kube: Kube, ns: str, name: str, script: str, timeout: float = 300, **extra: Any
+) -> tuple[dict[str, Any], str]:
+    kube.create_buildjob(ns, name, job(script, **extra))
+    status = kube.wait_phase(ns, name, "Succeeded", "Failed", timeout=timeout)
+    return status, job_log(kube, status)
+
+
+MULTI_STAGE = f"""set -e
+{LOAD_BUSYBOX}mkdir -p /tmp/app && cd /tmp/app
+printf '%s\\n' 'FROM {BUSYBOX} AS build' 'RUN echo "built in stage one" > /message' \\
+  'FROM {BUSYBOX}' 'COPY --from=build /message /message' 'CMD ["cat", "/message"]' > Dockerfile
+docker build -t app .
+docker run --rm app
+docker version --format 'engine={{{{.Server.Version}}}}'
+"""
+
+
+def test_build_and_run_through_the_remote_engine(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    status, output = run(kube, ns, "build", MULTI_STAGE)
+    assert status["phase"] == "Succeeded", (status, output)
+    assert status["exitCode"] == 0
+    assert "built in stage one" in output
+    assert "engine=20.10" in output
+
+
+def test_failing_build_reports_the_real_exit_code(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    script = f"""{LOAD_BUSYBOX}mkdir -p /tmp/app && cd /tmp/app
+printf '%s\\n' 'FROM {BUSYBOX}' 'RUN exit 7' > Dockerfile
+docker build -t broken .
+"""
+    status, output = run(kube, ns, "broken", script)
+    assert status["phase"] == "Failed", (status, output)
+    assert status["reason"] == "JobFailed"
+    # docker build exits with the failing step's own code, and so does the job.
+    assert status["exitCode"] == 7
+    assert "returned a non-zero code: 7" in output
+
+
+def test_separation_of_environments(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    """Containers the job starts live in the engine, reachable through docker, not directly."""
+    script = (
+        PROBE
+        + LOAD_BUSYBOX
+        + f"""docker run -d --name app {BUSYBOX} httpd -f -p 8080 -h /etc
+sleep 1
+docker exec app wget -qO- localhost:8080/hostname >/dev/null && echo "CHECK exec=open"
+docker run --rm --network container:app {BUSYBOX} wget -qO- localhost:8080/hostname \\
+  >/dev/null && echo "CHECK shared-netns=open"
+probe direct-container "$(docker inspect -f '{{{{.NetworkSettings.IPAddress}}}}' app)" 8080
+probe engine-pod-8080 "$(getent hosts engine | awk '{{print $1}}')" 8080
+true
+"""
+    )
+    status, output = run(kube, ns, "sep", script)
+    assert status["phase"] == "Succeeded", (status, output)
+    assert checks(output) == {
+        "exec": "open",
+        "shared-netns": "open",
+        "direct-container": "closed",
+        "engine-pod-8080": "closed",
+    }, output
+
+
+def test_isolation(kube: Kube, operator: OperatorProcess, ns: str, servers: dict[str, Any]) -> None:
+    """Only a job's own pod reaches its engine, on 2376, with its own certificates; neither
+    job nor engine reaches the API server or a denied range; the engine reaches 'the internet'.
+    """
+    kube.create_buildjob(ns, "b", job("sleep 600"))
+    engine_b = kube.wait_phase(ns, "b", "Running", timeout=300)["engine"]["endpoint"]
+    host_b = engine_b.removeprefix("tcp://").split(":")[0]
+    internet, denied = servers["internet"], servers["denied"]
+    script = (
+        PROBE
+        + ENGINE_PROBE
+        + LOAD_BUSYBOX
+        + f"""
+docker version >/dev/null 2>&1 && echo "CHECK own-engine-tls=open"
+probe own-engine-2376 engine 2376
+probe own-engine-2375 engine 2375
+probe other-engine-2376 {host_b} 2376
+DOCKER_HOST=tcp://{host_b}:2376 timeout 20 docker version >/dev/null 2>&1 \\
+  && echo "CHECK other-engine-tls=open" || echo "CHECK other-engine-tls=closed"
+probe job-apiserver 10.96.0.1 443
+eprobe engine-apiserver 10.96.0.1 443
+probe job-denied {denied[0]} {denied[1]}
+eprobe engine-denied {denied[0]} {denied[1]}
+eprobe engine-internet {internet[0]} {internet[1]}
+true
+"""
+    )
+    status, output = run(kube, ns, "a", script)
+    assert status["phase"] == "Succeeded", (status, output)
+    assert checks(output) == {
+        "own-engine-tls": "open",
+        "own-engine-2376": "open",
+        "own-engine-2375": "closed",
+        "other-engine-2376": "closed",
+        "other-engine-tls": "closed",
+        "job-apiserver": "closed",
+        "engine-apiserver": "closed",
+        "job-denied": "closed",
+        "engine-denied": "closed",
+        "engine-internet": "open",
+    }, output
+
+
+def test_pod_elsewhere_cannot_reach_an_engine(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    kube.create_buildjob(ns, "target", job("sleep 600"))
+    status = kube.wait_phase(ns, "target", "Running", timeout=300)
+    host = status["engine"]["endpoint"].removeprefix("tcp://").split(":")[0]
+    kube.core.create_namespaced_pod(
+        ns,
+        {
+            "metadata": {"name": "intruder"},
+            "spec": {
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "nc",
+                        "image": BUSYBOX,
+                        "imagePullPolicy": "Never",
+                        # The cluster DNS is the control: it proves this pod's network works at all.
+                        "command": [
+                            "sh",
+                            "-c",
+                            f"""
+                nc -w 4 10.96.0.10 53 -e true && echo dns=open || echo dns=closed
+                nc -w 4 {host} 2376 -e true && echo engine=open || echo engine=closed""",
+                        ],
+                    }
+                ],
+            },
+        },
+    )
+    wait_for(
+        lambda: kube.pod(ns, "intruder").status.phase in ("Succeeded", "Failed"),
+        timeout=60,
+        what="intruder pod done",
+    )
+    output = kube.core.read_namespaced_pod_log("intruder", ns)
+    assert [line for line in output.splitlines() if "=" in line] == ["dns=open", "engine=closed"], (
+        output
+    )
+
+
+def test_engine_lost_mid_job(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    kube.create_buildjob(ns, "lost", job("sleep 3600"))
+    job_ns = kube.wait_phase(ns, "lost", "Running", timeout=300)["namespace"]
+    kube.core.delete_namespaced_pod("engine", job_ns, grace_period_seconds=0)
+    status = kube.wait_phase(ns, "lost", "Failed", timeout=60)
+    assert status["reason"] == "EngineFailed"
+
+
+def test_deadline_ends_a_long_job(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    kube.create_buildjob(ns, "slow", job("sleep 3600", activeDeadlineSeconds=20))
+    status = kube.wait_phase(ns, "slow", "Failed", timeout=120)
+    assert status["reason"] == "DeadlineExceeded"
+    wait_for(
+        lambda: not kube.core.list_namespaced_pod(status["namespace"]).items,
+        timeout=60,
+        what="pods gone",
+    )
+
+
+def test_delete_mid_run_and_ttl_leave_nothing(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    kube.create_buildjob(ns, "mid", job("sleep 3600"))
+    mid_ns = kube.wait_phase(ns, "mid", "Running", timeout=300)["namespace"]
+    kube.delete_buildjob(ns, "mid")
+    status, _ = run(kube, ns, "ttl", "echo done", ttlSecondsAfterFinished=5)
+    assert status["phase"] == "Succeeded"
+    for job_ns in (mid_ns, status["namespace"]):
+        wait_for(
+            lambda n=job_ns: not kube.namespace_exists(n),
+            timeout=120,
+            what=f"namespace {job_ns} gone",
+        )
+    assert kube.get_buildjob(ns, "mid") is None

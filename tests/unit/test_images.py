@@ -1,0 +1,172 @@
+"""images/build.py: the archive format, layers, whiteouts and cache keys (no image is built)."""
+
+import hashlib
+import importlib.util
+import json
+import os
+import sys
+import tarfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("rdo_images_build", ROOT / "images/build.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+    spec.loader.exec_module(module)
+    return module
+
+
+build = _load()
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RDO_CACHE", str(tmp_path / "cache"))
+
+
+def make_rootfs(root: Path) -> Path:
+    (root / "bin").mkdir(parents=True)
+    (root / "etc/sub").mkdir(parents=True)
+    (root / "proc").mkdir()
+    (root / "bin/tool").write_bytes(b"#!/bin/sh\necho hi\n")
+    (root / "bin/tool").chmod(0o755)
+    (root / "bin/alias").symlink_to("tool")
+    os.link(root / "bin/tool", root / "bin/hardlink")
+    (root / "etc/config").write_text("a=1\n")
+    (root / "etc/sub/gone").write_text("x\n")
+    (root / "etc/old").write_text("old\n")
+    return root
+
+
+def read_archive(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: (f.read() if (f := tar.extractfile(m)) else b"") for m in tar.getmembers()}
+
+
+def test_the_table_is_pinned_and_complete() -> None:
+    assert set(build.IMAGES) == set(build.PLANS) == {"pause", "busybox", "dind", "job", "coredns"}
+    for ref in build.IMAGES.values():
+        repo, tag = build.split_ref(ref)
+        assert repo.startswith("rdo.local/")
+        assert tag not in ("", "latest")
+
+
+def test_split_ref() -> None:
+    assert build.split_ref("rdo.local/busybox:1.36") == ("rdo.local/busybox", "1.36")
+    with pytest.raises(ValueError, match="no tag"):
+        build.split_ref("rdo.local:5000/busybox")
+
+
+def test_layer_holds_the_tree_with_numeric_owners(tmp_path: Path) -> None:
+    root = make_rootfs(tmp_path / "rootfs")
+    (root / "proc/self").mkdir()  # the contents of proc, sys and dev never go into a layer
+    out = tmp_path / "layer.tar"
+    build.write_layer(root, out)
+    with tarfile.open(out) as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert "proc" in members
+    assert "proc/self" not in members
+    assert members["bin/tool"].mode == 0o755
+    assert members["bin/alias"].issym()
+    assert members["bin/alias"].linkname == "tool"
+    assert members["bin/hardlink"].islnk() or members["bin/tool"].islnk()
+    assert all(m.uname == "" and m.gname == "" for m in members.values())
+
+
+def test_archive_is_both_an_oci_layout_and_a_docker_archive(tmp_path: Path) -> None:
+    root = make_rootfs(tmp_path / "rootfs")
+    config = build.ImageConfig(
+        entrypoint=("/bin/tool",), cmd=("--help",), user="65535:65535", exposed_ports=("53/udp",)
+    )
+    out = build.rootfs_to_archive(root, "rdo.local/thing:1.2", config, tmp_path / "thing.tar")
+    files = read_archive(out)
+
+    assert json.loads(files["oci-layout"]) == {"imageLayoutVersion": "1.0.0"}
+    index = json.loads(files["index.json"])
+    (descriptor,) = index["manifests"]
+    assert descriptor["annotations"] == {
+        "io.containerd.image.name": "rdo.local/thing:1.2",
+        "org.opencontainers.image.ref.name": "1.2",
+    }
+    manifest_blob = files["blobs/sha256/" + descriptor["digest"].removeprefix("sha256:")]
+    assert hashlib.sha256(manifest_blob).hexdigest() == descriptor["digest"][7:]
+    assert len(manifest_blob) == descriptor["size"]
+    manifest = json.loads(manifest_blob)
+
+    (docker,) = json.loads(files["manifest.json"])
+    assert docker["RepoTags"] == ["rdo.local/thing:1.2"]
+    assert docker["Config"] == "blobs/sha256/" + manifest["config"]["digest"][7:]
+    assert docker["Layers"] == [
+        "blobs/sha256/" + layer["digest"][7:] for layer in manifest["layers"]
+    ]
+
+    cfg: dict[str, Any] = json.loads(files[docker["Config"]])
+    assert cfg["architecture"] == "amd64"
+    assert cfg["os"] == "linux"
+    assert cfg["config"]["Entrypoint"] == ["/bin/tool"]
+    assert cfg["config"]["Cmd"] == ["--help"]
+    assert cfg["config"]["User"] == "65535:65535"
+    assert cfg["config"]["WorkingDir"] == "/"
+    assert cfg["config"]["ExposedPorts"] == {"53/udp": {}}
+    assert cfg["config"]["Env"][0].startswith("PATH=")
+    for path, diff_id in zip(docker["Layers"], cfg["rootfs"]["diff_ids"], strict=True):
+        assert "sha256:" + hashlib.sha256(files[path]).hexdigest() == diff_id
+
+
+def test_diff_layer_has_changes_and_whiteouts(tmp_path: Path) -> None:
+    root = make_rootfs(tmp_path / "rootfs")
+    base = tmp_path / "base.tar"
+    build.write_layer(root, base)
+    (root / "etc/config").write_text("a=2, longer\n")
+    (root / "etc/new").write_text("new\n")
+    (root / "etc/old").unlink()
+    (root / "etc/sub/gone").unlink()
+    (root / "etc/sub").rmdir()
+
+    changed, deleted = build.diff_tree(base, root)
+    assert {"etc/config", "etc/new"} <= set(changed)
+    assert not {"bin/tool", "bin/alias", "bin/hardlink"} & set(changed)
+    assert deleted == ["etc/old", "etc/sub"]  # not etc/sub/gone: its directory is whited out
+
+    layer = tmp_path / "diff.tar"
+    build.write_layer(root, layer, changed, deleted)
+    with tarfile.open(layer) as tar:
+        names = set(tar.getnames())
+    assert {"etc/.wh.old", "etc/.wh.sub", "etc/new", "etc/config"} <= names
+
+
+def test_keys_follow_inputs_and_the_base_layer_is_shared() -> None:
+    assert build.input_key("a", 1) == build.input_key("a", 1)
+    assert build.input_key("a", 1) != build.input_key("a", 2)
+    assert build.input_key("a", code=(build.write_layer,)) != build.input_key("a")
+
+    dind, job = build.plan_dind(), build.plan_job()
+    assert dind.layers[0].key == job.layers[0].key
+    assert len(job.layers) == 3
+    assert dind.key != job.key
+    assert build.plan_busybox().key == build.plan_busybox().key
+
+
+def test_cached_layers_are_reused(tmp_path: Path) -> None:
+    calls: list[Path] = []
+
+    def produce(out: Path) -> None:
+        calls.append(out)
+        with tarfile.open(out, "w"):
+            pass
+
+    plan = build.LayerPlan("k" * 64, "test", produce)
+    first = build.materialize(plan)
+    second = build.materialize(plan)
+    assert len(calls) == 1
+    assert first == second
+    assert first.path.parent == tmp_path / "cache/images/layers"
