@@ -32,6 +32,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
 }
 THROTTLE_RETRIES = 5
+# (connect, read) seconds: a call that hangs must not hold a BuildJob's lock forever.
+REQUEST_TIMEOUT = (5.0, 30.0)
 MAX_RETRY_AFTER = 10.0
 
 
@@ -73,7 +75,9 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self.client.call_api(method_, url, header_params, payload)
+            response = self.client.call_api(
+                method_, url, header_params, payload, _request_timeout=REQUEST_TIMEOUT
+            )
             data = response.read()  # type: ignore[no-untyped-call]
             if response.status == 429 and attempt < THROTTLE_RETRIES:
                 retry_after = response.getheader("Retry-After") or "1"  # type: ignore[no-untyped-call]

@@ -27,6 +27,7 @@ from .models import TERMINAL_PHASES, BuildJob
 logger = logging.getLogger(__name__)
 
 ACTIVE_PHASES = frozenset({"Provisioning", "Running"})
+LOCK_WAIT_SECONDS = 60
 SA_RETRIES = 100
 SA_RETRY_SECONDS = 0.1
 # Certificates outlive the deadline by this much: enough for the job's last `docker` calls.
@@ -138,7 +139,17 @@ class Reconciler:
     # -- the reconcile loop -------------------------------------------------------------------
 
     def reconcile(self, state: JobState, drift_check: bool = False) -> None:
-        with state.lock:
+        # Another trigger is already converging this BuildJob; a waiting thread would only
+        # repeat its work. (API calls time out, so a holder never keeps the lock for long.)
+        if not state.lock.acquire(timeout=LOCK_WAIT_SECONDS):
+            logger.warning(
+                "BuildJob %s/%s: reconcile still busy after %ss; skipping this trigger",
+                state.namespace,
+                state.name,
+                LOCK_WAIT_SECONDS,
+            )
+            return
+        try:
             if state.deleting or state.gone:
                 return
             try:
@@ -147,6 +158,8 @@ class Reconciler:
                 self._fail(state, st.INVALID_SPEC, str(e))
             except ChildLost as e:
                 self._fail(state, st.CHILD_DELETED, str(e))
+        finally:
+            state.lock.release()
         if state.phase in TERMINAL_PHASES or state.gone:
             self.start_queued()
 
