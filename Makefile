@@ -8,11 +8,12 @@ VENV := $(RDO_CACHE)/venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help up down test test-unit test-integration test-e2e lint crds deps bins images venv
+.PHONY: help up down kind-up kind-down test test-unit test-integration test-e2e lint crds deps bins images venv
 
 help:
 	@echo "make up                a local cluster, the operator, and examples/hello.yaml run to the end"
 	@echo "make down              stop the local cluster and everything it started"
+	@echo "make kind-up           the same on a kind cluster (needs Docker; see README)"
 	@echo "make test              lint, unit, integration and e2e tests (builds everything needed)"
 	@echo "make test-unit         unit tests only (seconds)"
 	@echo "make test-integration  against a real kube-apiserver with kwok"
@@ -63,3 +64,9 @@ up: venv
 
 down: venv
 	$(PY) cluster/localcluster.py down --dir $(RDO_CLUSTER_DIR)
+
+kind-up:
+	cluster/kind-up.sh up
+
+kind-down:
+	cluster/kind-up.sh down

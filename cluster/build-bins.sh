@@ -4,7 +4,7 @@
 #   control-plane  etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
 #   kwok           kwok (fake nodes for the integration tier)
 #   node           kubelet kube-proxy kube-router
-#   tools          helm
+#   tools          helm kind
 # A warm run (every binary already built) takes well under a second.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -99,7 +99,8 @@ for g in "${groups[@]}"; do
         helm_ldflags+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$minor"
       done
       go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm "$helm_ldflags" \
-        "$HELM_VERSION-k8s1.$minor" ;;
+        "$HELM_VERSION-k8s1.$minor"
+      go_install kind "$KIND_VERSION" sigs.k8s.io/kind ;;
     *) echo "unknown group $g" >&2; exit 2 ;;
   esac
 done

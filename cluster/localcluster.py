@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node import NODE_IP, Node
+from node import NODE_IP, NODE_NAME, Node
 from pki import PKI
 
 HERE = Path(__file__).resolve().parent
@@ -175,6 +175,18 @@ class Cluster:
         )
         return path
 
+    def wait_node_ready(self, node: str, log: str, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        ready = "jsonpath={.status.conditions[?(@.type=='Ready')].status}"
+        while "True" not in self.kubectl("get", "node", node, "-o", ready, check=False).stdout:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node {node} not ready; see {self.logs}/{log}.log")
+            time.sleep(0.5)
+
+    def install_crds(self, directory: Path) -> None:
+        self.kubectl("apply", "--server-side", "-f", str(directory))
+        self.kubectl("wait", "--for=condition=Established", "crd/buildjobs.remotedocker.dev")
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
@@ -204,7 +216,7 @@ class Cluster:
         node.import_images(images if images is not None else build_images())
         node.kubelet_up()
         node.proxy_up()
-        node.wait_node_ready()
+        self.wait_node_ready(NODE_NAME, "kubelet")
         node.firewall_up()  # kube-router needs the Node object to exist
         node.addons_up()
         self.kubectl(
@@ -217,8 +229,17 @@ class Cluster:
         def stopping(*names: str) -> list[Callable[[], None]]:
             return [functools.partial(self.stop, name) for name in names]
 
-        known = {"kwok", "kube-router", "kube-proxy", "kubelet", "containerd", "kube-scheduler",
-                 "kube-controller-manager", "kube-apiserver", "etcd"}
+        known = {
+            "kwok",
+            "kube-router",
+            "kube-proxy",
+            "kubelet",
+            "containerd",
+            "kube-scheduler",
+            "kube-controller-manager",
+            "kube-apiserver",
+            "etcd",
+        }
         # Processes others registered here first (e.g. the operator `make up` started).
         steps = stopping(*(p.name for p in self.pids.iterdir() if p.name not in known))
         steps += stopping("kwok", "kube-router", "kube-proxy", "kubelet")
@@ -335,6 +356,18 @@ class Cluster:
         cert = self.pki.issue(name, cn)
         return self.write_kubeconfig(self.dir / f"{name}.kubeconfig", cn, *cert)
 
+    @staticmethod
+    def _component_flags(kubeconfig: Path) -> list[str]:
+        """A control-plane controller: its identity, no serving port, the only instance."""
+        return [
+            f"--kubeconfig={kubeconfig}",
+            f"--authentication-kubeconfig={kubeconfig}",
+            f"--authorization-kubeconfig={kubeconfig}",
+            "--bind-address=127.0.0.1",
+            "--secure-port=0",
+            "--leader-elect=false",
+        ]
+
     def _controller_manager(self) -> None:
         kubeconfig = self._component_kubeconfig(
             "kube-controller-manager", "system:kube-controller-manager"
@@ -344,12 +377,7 @@ class Cluster:
             "kube-controller-manager",
             [
                 str(BIN / "kube-controller-manager"),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                "--secure-port=0",
-                "--leader-elect=false",
+                *self._component_flags(kubeconfig),
                 f"--service-account-private-key-file={sa_private}",
                 f"--root-ca-file={self.pki.ca_cert_path}",
                 "--use-service-account-credentials=true",
@@ -367,12 +395,7 @@ class Cluster:
             "kube-scheduler",
             [
                 str(BIN / "kube-scheduler"),
-                f"--kubeconfig={kubeconfig}",
-                f"--authentication-kubeconfig={kubeconfig}",
-                f"--authorization-kubeconfig={kubeconfig}",
-                "--bind-address=127.0.0.1",
-                "--secure-port=0",
-                "--leader-elect=false",
+                *self._component_flags(kubeconfig),
                 "--v=1",
             ],
         )
@@ -408,21 +431,7 @@ class Cluster:
                 f"--server-address=127.0.0.1:{self.ports.kwok}",
             ],
         )
-        deadline = time.monotonic() + 60
-        while (
-            "True"
-            not in self.kubectl(
-                "get",
-                "node",
-                KWOK_NODE,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-                check=False,
-            ).stdout
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"kwok node not ready; see {self.logs}/kwok.log")
-            time.sleep(0.5)
+        self.wait_node_ready(KWOK_NODE, "kwok")
 
 
 def main() -> int:

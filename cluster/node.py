@@ -339,23 +339,6 @@ state = "{self.dir / "containerd-state"}"
     def addons_up(self) -> None:
         self.c.kubectl("apply", "-f", str(HERE / "addons" / "coredns.yaml"))
 
-    def wait_node_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while (
-            "True"
-            not in self.c.kubectl(
-                "get",
-                "node",
-                NODE_NAME,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-                check=False,
-            ).stdout
-        ):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"node not ready; see {self.c.logs}/kubelet.log")
-            time.sleep(1)
-
     def unmount_all(self) -> None:
         mounts = [
             line.split()[1]

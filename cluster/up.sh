@@ -18,15 +18,13 @@ step "Images, cluster (logs in $RDO_CLUSTER_DIR/logs)"
 "$KUBECTL" apply --server-side -f crds/ >/dev/null
 "$KUBECTL" wait --for=condition=Established crd/buildjobs.remotedocker.dev >/dev/null
 
-step "Operator"
-pidfile=$RDO_CLUSTER_DIR/pids/operator
-if ! { [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }; then
-  RDO_ENGINE_IMAGE_REPOSITORY=rdo.local/dind RDO_ENGINE_VERSION=20.10 RDO_ENGINE_IMAGE_SUFFIX= \
-  RDO_LIVENESS_ENDPOINT= setsid "$PY" -m remote_docker_operator \
-    >>"$RDO_CLUSTER_DIR/logs/operator.log" 2>&1 < /dev/null &
-  echo $! >"$pidfile"
-fi
-echo "running (pid $(cat "$pidfile"), log $RDO_CLUSTER_DIR/logs/operator.log)"
+step "Operator: the Helm chart, with the operator image built here"
+"$RDO_CACHE/bin/helm" --kubeconfig "$KUBECONFIG" upgrade --install remote-docker-operator \
+  charts/remote-docker-operator -n remote-docker-operator --create-namespace \
+  --set image.repository=rdo.local/remote-docker-operator --set image.pullPolicy=Never \
+  --set operator.engineImageRepository=rdo.local/dind --set operator.engineVersion=20.10 \
+  --set operator.engineImageSuffix= --set test.jobImage=rdo.local/job:1 --wait --timeout 180s
+"$KUBECTL" -n remote-docker-operator get deployment remote-docker-operator
 
 step "examples/hello.yaml"
 "$KUBECTL" delete buildjob hello --ignore-not-found --wait >/dev/null

@@ -19,7 +19,9 @@ only what changed. `<cache>/images/<name>.tar` links to each image's current arc
 
 Run as root on Debian bookworm; the tools a build needs (debootstrap, gcc, ...) are installed
 with apt-get when missing. Go (for CoreDNS, and to fetch pause.c) must be on PATH or in
-/usr/local/go.
+/usr/local/go. The operator image needs pip (this Python's, else Debian's python3-pip) and PyPI:
+its layer is the project's wheel and the wheels of its dependencies, installed on this machine
+into the image's /opt/app for the image's own Python.
 
 Another kind of image: build its root filesystem in a directory, then
 `rootfs_to_archive(rootfs, "rdo.local/name:tag", ImageConfig(...), out)`.
@@ -34,6 +36,7 @@ import dataclasses
 import datetime
 import fcntl
 import hashlib
+import importlib.util
 import inspect
 import io
 import json
@@ -46,9 +49,20 @@ import tarfile
 import tempfile
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+# The checkout this script belongs to: the operator image is built from its source.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_version(root: Path = REPO_ROOT) -> str:
+    """[project].version of root/pyproject.toml: the operator image's tag."""
+    with (root / "pyproject.toml").open("rb") as f:
+        return str(tomllib.load(f)["project"]["version"])
+
 
 # The images, by the short name the command line takes. Tags are pinned; bump a tag with the
 # recipe's version below. (Debian bookworm's busybox-static is 1.35.0: the 1.36 tag is the
@@ -59,6 +73,7 @@ IMAGES: dict[str, str] = {
     "dind": "rdo.local/dind:20.10",
     "job": "rdo.local/job:1",
     "coredns": "rdo.local/coredns:1.14.7",
+    "operator": f"rdo.local/remote-docker-operator:{project_version()}",
 }
 
 DEBIAN_SUITE = "bookworm"
@@ -71,6 +86,20 @@ BUSYBOX_PACKAGE = "busybox-static"
 ENGINE_PACKAGES = ("docker.io", "iptables", "ca-certificates", "procps")
 JOB_PACKAGES = ("docker-compose", "git", "curl", "wget", "ca-certificates")
 BUSYBOX_IN_JOB = "images/busybox.tar"  # a docker-archive of the busybox image, in the job image
+# The operator image: Debian's Python (python-is-python3: the chart runs `python`), and the
+# project with its dependencies in OPERATOR_APP_DIR (on PYTHONPATH), a layer of its own.
+OPERATOR_PACKAGES = ("python3", "python-is-python3", "ca-certificates")
+OPERATOR_APP_DIR = "opt/app"
+OPERATOR_USER = 65532  # "nonroot", as in distroless images; the chart runs the operator as it
+# What the operator's wheel is built from (relative to the checkout): a change to any of these
+# rebuilds the app layer only. Not the README (pyproject's `readme`): the wheel gets a stub, so
+# editing the README rebuilds nothing.
+OPERATOR_SOURCES = ("pyproject.toml", "operator/remote_docker_operator")
+# Installed but never imported, left out of the image: kubernetes' asyncio client (a second copy
+# of every API model, over a third of the image; kopf talks to the API server with aiohttp and
+# the operator uses the synchronous client). The build imports the operator in the image to prove
+# nothing needs what is left out.
+OPERATOR_PRUNE = ("kubernetes/aio",)
 
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Directories kept empty in every layer: the runtime mounts them.
@@ -182,6 +211,7 @@ _local = threading.local()
 _key_locks: dict[str, threading.Lock] = {}
 _key_locks_guard = threading.Lock()
 _apt_lock = threading.Lock()
+_debootstrap_lock = threading.Lock()
 
 
 def _key_lock(key: str) -> threading.Lock:
@@ -716,19 +746,19 @@ path-exclude /usr/share/lintian/*
 """
 
 
-def produce_debian_base(out: Path) -> None:
-    """debootstrap minbase bookworm with ENGINE_PACKAGES, upgraded from -updates/-security."""
+def debootstrap(root: Path, packages: Sequence[str]) -> None:
+    """A slimmed debootstrap minbase bookworm with packages in root (a new directory), upgraded
+    from -updates and -security, apt pointed at this machine's mirrors."""
     ensure_packages("debootstrap", "debian-archive-keyring")
     mirror, security = apt_mirrors()
     debs = cache_dir() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
-    with work_dir("debian") as work:
-        root = work / "rootfs"
+    with _debootstrap_lock:  # one at a time: they share the .deb cache
         run(
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(ENGINE_PACKAGES)}",
+                f"--include={','.join(packages)}",
                 f"--cache-dir={debs}",
                 DEBIAN_SUITE,
                 root,
@@ -736,22 +766,33 @@ def produce_debian_base(out: Path) -> None:
             ],
             env=APT_ENV,
         )
-        (root / "etc/apt/sources.list").unlink(missing_ok=True)
-        (root / "etc/apt/sources.list.d/debian.sources").write_text(
-            f"Types: deb\nURIs: {mirror}\nSuites: {DEBIAN_SUITE} {DEBIAN_SUITE}-updates\n"
-            "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-            f"Types: deb\nURIs: {security}\nSuites: {DEBIAN_SUITE}-security\n"
-            "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
-        )
-        (root / "etc/dpkg/dpkg.cfg.d/excludes").write_text(DPKG_EXCLUDES)
-        with chroot_session(root):
-            chroot_apt(root, "update")
-            chroot_apt(root, "-o", "Dpkg::Options::=--force-confold", "dist-upgrade")
-            chroot_apt(root, "clean")
-        slim_rootfs(root)
-        for tool in ("usr/bin/docker", "usr/sbin/dockerd", "usr/sbin/iptables"):
-            if not (root / tool).exists():
-                raise BuildError(f"/{tool} is missing from the Debian root filesystem")
+    (root / "etc/apt/sources.list").unlink(missing_ok=True)
+    (root / "etc/apt/sources.list.d/debian.sources").write_text(
+        f"Types: deb\nURIs: {mirror}\nSuites: {DEBIAN_SUITE} {DEBIAN_SUITE}-updates\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+        f"Types: deb\nURIs: {security}\nSuites: {DEBIAN_SUITE}-security\n"
+        "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
+    )
+    (root / "etc/dpkg/dpkg.cfg.d/excludes").write_text(DPKG_EXCLUDES)
+    with chroot_session(root):
+        chroot_apt(root, "update")
+        chroot_apt(root, "-o", "Dpkg::Options::=--force-confold", "dist-upgrade")
+        chroot_apt(root, "clean")
+    slim_rootfs(root)
+
+
+def require_files(root: Path, *names: str) -> None:
+    for name in names:
+        if not os.path.lexists(root / name):
+            raise BuildError(f"/{name} is missing from the root filesystem")
+
+
+def produce_debian_base(out: Path) -> None:
+    """debootstrap minbase bookworm with ENGINE_PACKAGES (the dind and job images' base)."""
+    with work_dir("debian") as work:
+        root = work / "rootfs"
+        debootstrap(root, ENGINE_PACKAGES)
+        require_files(root, "usr/bin/docker", "usr/sbin/dockerd", "usr/sbin/iptables")
         write_layer(root, out)
 
 
@@ -771,16 +812,28 @@ def produce_packages_layer(base: LayerPlan, packages: Sequence[str], out: Path) 
         write_layer(root, out, changed, deleted)
 
 
+def debian_layer_key(name: str, packages: Sequence[str], produce: Callable[..., Any]) -> str:
+    return input_key(
+        name,
+        DEBIAN_SUITE,
+        packages,
+        apt_mirrors(),
+        DPKG_EXCLUDES,
+        code=(
+            produce,
+            debootstrap,
+            require_files,
+            slim_rootfs,
+            chroot_session,
+            write_layer,
+            _normalize,
+        ),
+    )
+
+
 def plan_debian_base() -> LayerPlan:
     return LayerPlan(
-        input_key(
-            "debian-base",
-            DEBIAN_SUITE,
-            ENGINE_PACKAGES,
-            apt_mirrors(),
-            DPKG_EXCLUDES,
-            code=(produce_debian_base, slim_rootfs, chroot_session, write_layer, _normalize),
-        ),
+        debian_layer_key("debian-base", ENGINE_PACKAGES, produce_debian_base),
         f"debootstrap --variant=minbase --include={','.join(ENGINE_PACKAGES)} {DEBIAN_SUITE}",
         produce_debian_base,
     )
@@ -965,12 +1018,219 @@ def plan_coredns() -> ImagePlan:
     return ImagePlan("coredns", IMAGES["coredns"], config, (layer,))
 
 
+def produce_operator_base(out: Path) -> None:
+    """debootstrap minbase bookworm with OPERATOR_PACKAGES, and the user the operator runs as."""
+    with work_dir("operator-base") as work:
+        root = work / "rootfs"
+        debootstrap(root, OPERATOR_PACKAGES)
+        require_files(
+            root, "usr/bin/python3", "usr/bin/python", "etc/ssl/certs/ca-certificates.crt"
+        )
+        # As in distroless images: uid and gid 65532 have a name and a home directory.
+        uid = OPERATOR_USER
+        with (root / "etc/passwd").open("a") as f:
+            f.write(f"nonroot:x:{uid}:{uid}:nonroot:/home/nonroot:/usr/sbin/nologin\n")
+        with (root / "etc/group").open("a") as f:
+            f.write(f"nonroot:x:{uid}:\n")
+        home = root / "home/nonroot"
+        home.mkdir(mode=0o700)
+        os.chown(home, uid, uid)
+        write_layer(root, out)
+
+
+def plan_operator_base() -> LayerPlan:
+    return LayerPlan(
+        debian_layer_key("operator-base", OPERATOR_PACKAGES, produce_operator_base),
+        f"debootstrap --variant=minbase --include={','.join(OPERATOR_PACKAGES)} {DEBIAN_SUITE}",
+        produce_operator_base,
+    )
+
+
+def operator_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
+    """The files under root the operator's wheel is built from, by relative path, sorted."""
+    found: dict[str, Path] = {}
+    for name in OPERATOR_SOURCES:
+        path = root / name
+        if path.is_file():
+            found[name] = path
+        elif path.is_dir():
+            for child in path.rglob("*"):
+                rel = child.relative_to(root)
+                if child.is_file() and "__pycache__" not in rel.parts and child.suffix != ".pyc":
+                    found[rel.as_posix()] = child
+        else:
+            raise BuildError(f"{path} is missing")
+    return dict(sorted(found.items()))
+
+
+def pip_command() -> list[str]:
+    """pip of the Python running this script, else Debian's."""
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    ensure_packages("python3-pip")
+    return ["/usr/bin/python3", "-m", "pip"]
+
+
+def manylinux_platforms(glibc: str) -> list[str]:
+    """The wheel platforms a glibc of this version runs: manylinux for it and for each older one
+    (pip does not work those out from one --platform; it adds manylinux2010 and 1 to 2014)."""
+    major, minor = (int(n) for n in glibc.split(".")[:2])
+    if major != 2 or minor < 17:
+        raise BuildError(f"glibc {glibc} is older than manylinux2014 (2.17)")
+    return [*(f"manylinux_2_{m}_x86_64" for m in range(minor, 4, -1)), "manylinux2014_x86_64"]
+
+
+def image_python(root: Path) -> tuple[str, list[str]]:
+    """The Python version of the root filesystem ("3.11") and the wheel platforms it runs."""
+    probe = (
+        "import os, sys; print('%d.%d' % sys.version_info[:2], os.confstr('CS_GNU_LIBC_VERSION'))"
+    )
+    words = run(["chroot", root, "python3", "-c", probe], env=APT_ENV, capture=True).split()
+    if len(words) != 3 or words[1] != "glibc":
+        raise BuildError(f"unexpected answer from the image's python3: {' '.join(words)}")
+    return words[0], manylinux_platforms(words[2])
+
+
+def produce_operator_app(base: LayerPlan, sources: dict[str, Path], out: Path) -> None:
+    """The project's wheel and its dependencies' wheels, installed on this machine for the
+    image's Python into /OPERATOR_APP_DIR and byte-compiled by that Python: a layer holding
+    that directory only."""
+    base_layer = materialize(base)
+    pip = pip_command()
+    pip_env = {
+        **os.environ,
+        "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+        "PIP_NO_INPUT": "1",
+        "PIP_ROOT_USER_ACTION": "ignore",
+    }
+    with work_dir("operator-app") as work:
+        src = work / "src"  # a copy: building in the checkout would leave build/ and egg-info
+        for name, path in sources.items():
+            dest = src / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, dest)
+        with (src / "pyproject.toml").open("rb") as f:
+            readme = tomllib.load(f).get("project", {}).get("readme")
+        if isinstance(readme, str) and not (src / readme).exists():
+            (src / readme).write_text("remote-docker-operator: see the project's README.\n")
+        wheels = work / "wheels"
+        run([*pip, "wheel", "--no-deps", "--wheel-dir", wheels, src], env=pip_env)
+        (wheel,) = wheels.glob("*.whl")
+        root = work / "rootfs"
+        root.mkdir()
+        run(["tar", "--numeric-owner", "-xpf", base_layer.path, "-C", root])
+        app = root / OPERATOR_APP_DIR
+        with chroot_session(root):
+            version, platforms = image_python(root)
+            run(
+                [
+                    *pip,
+                    "install",
+                    "--no-compile",
+                    "--target",
+                    app,
+                    "--only-binary=:all:",
+                    "--implementation=cp",
+                    f"--python-version={version}",
+                    *(f"--platform={p}" for p in platforms),
+                    wheel,
+                ],
+                env=pip_env,
+            )
+            shutil.rmtree(app / "bin", ignore_errors=True)  # scripts for this machine's Python
+            for rel in OPERATOR_PRUNE:
+                shutil.rmtree(app / rel, ignore_errors=True)
+            for path in [app, *app.rglob("*")]:  # anyone reads, only root writes
+                if not path.is_symlink():
+                    executable = path.is_dir() or path.stat().st_mode & 0o111
+                    path.chmod(0o755 if executable else 0o644)
+            # By the image's Python; hash-based, so nothing is ever checked against mtimes.
+            run(
+                [
+                    "chroot",
+                    root,
+                    "python3",
+                    "-m",
+                    "compileall",
+                    "-q",
+                    "--invalidation-mode=unchecked-hash",
+                    f"/{OPERATOR_APP_DIR}",
+                ],
+                env=APT_ENV,
+            )
+            # Everything imports, as the operator's user, without writing anything.
+            run(
+                [
+                    "chroot",
+                    f"--userspec={OPERATOR_USER}:{OPERATOR_USER}",
+                    root,
+                    "python3",
+                    "-c",
+                    "import remote_docker_operator.__main__",
+                ],
+                env={
+                    **APT_ENV,
+                    "PYTHONPATH": f"/{OPERATOR_APP_DIR}",
+                    "PYTHONDONTWRITEBYTECODE": "1",
+                },
+            )
+        top = OPERATOR_APP_DIR.partition("/")[0]
+        write_layer(root, out, [top, *(f"{top}/{name}" for name in tree_members(root / top))])
+
+
+def plan_operator_app(base: LayerPlan, checkout: Path = REPO_ROOT) -> LayerPlan:
+    sources = operator_sources(checkout)
+    return LayerPlan(
+        input_key(
+            "operator-app",
+            base.key,
+            OPERATOR_APP_DIR,
+            OPERATOR_USER,
+            OPERATOR_PRUNE,
+            {name: sha256_file(path) for name, path in sources.items()},
+            code=(
+                produce_operator_app,
+                image_python,
+                manylinux_platforms,
+                pip_command,
+                operator_sources,
+                write_layer,
+            ),
+        ),
+        f"pip install --target /{OPERATOR_APP_DIR} remote-docker-operator=="
+        f"{project_version(checkout)} and its dependencies (wheels)",
+        lambda out: produce_operator_app(base, sources, out),
+    )
+
+
+def plan_operator(checkout: Path = REPO_ROOT) -> ImagePlan:
+    """Debian's Python in one layer, the project and its dependencies in another: a change to
+    the source rebuilds only the second."""
+    base = plan_operator_base()
+    config = ImageConfig(
+        entrypoint=("python3", "-m", "remote_docker_operator"),
+        env=(
+            DEFAULT_PATH,
+            f"PYTHONPATH=/{OPERATOR_APP_DIR}",
+            "PYTHONUNBUFFERED=1",
+            "PYTHONDONTWRITEBYTECODE=1",
+        ),
+        user=f"{OPERATOR_USER}:{OPERATOR_USER}",
+        working_dir="/",
+    )
+    ref = IMAGES["operator"]
+    if checkout != REPO_ROOT:
+        ref = f"{split_ref(ref)[0]}:{project_version(checkout)}"
+    return ImagePlan("operator", ref, config, (base, plan_operator_app(base, checkout)))
+
+
 PLANS: dict[str, Callable[[], ImagePlan]] = {
     "pause": plan_pause,
     "busybox": plan_busybox,
     "dind": plan_dind,
     "job": plan_job,
     "coredns": plan_coredns,
+    "operator": plan_operator,
 }
 
 
@@ -1021,7 +1281,7 @@ def build(names: Sequence[str] = (), jobs: int = 2) -> dict[str, Path]:
             return out
 
         # The slowest first (a Go build and a debootstrap), so they overlap.
-        order = sorted(wanted, key=["coredns", "dind", "job", "pause", "busybox"].index)
+        order = sorted(wanted, key=["coredns", "dind", "operator", "job", "pause", "busybox"].index)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {name: pool.submit(task, name) for name in order}
         errors = [f"{n}: {f.exception()}" for n, f in futures.items() if f.exception()]

@@ -136,7 +136,7 @@ class Kube:
         return dict(bj.get("status") or {})
 
     def wait_phase(
-        self, namespace: str, name: str, *phases: str, timeout: float = 60
+        self, namespace: str, name: str, *phases: str, timeout: float = 120
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
             status = self.status(namespace, name)

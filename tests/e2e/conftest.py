@@ -10,9 +10,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kubernetes.config import new_client_from_config
 
-from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess
+from ..support import ARTIFACTS, ROOT, Kube
 
 sys.path.insert(0, str(ROOT / "cluster"))
 from localcluster import Cluster, Ports
@@ -36,13 +35,14 @@ BUSYBOX = "rdo.local/busybox:1.36"
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
-    c = Cluster(Path(os.environ.get("RDO_CLUSTER_DIR", ARTIFACTS / "cluster")), Ports(),
-                tier="real")
+    c = Cluster(
+        Path(os.environ.get("RDO_CLUSTER_DIR", ARTIFACTS / "cluster")), Ports(), tier="real"
+    )
     started_here = not c.running()
-    c.stop("operator")  # one left by `make up`: the tests run their own
     c.up()
-    c.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-    c.kubectl("wait", "--for=condition=Established", "crd/buildjobs.remotedocker.dev")
+    # The tests run their own operator: remove the one `make up` installed, if any.
+    c.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")
+    c.install_crds(ROOT / "crds")
     try:
         yield c
     finally:
@@ -51,16 +51,8 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def kube(cluster: Cluster) -> Kube:
-    return Kube(new_client_from_config(str(cluster.kubeconfig)))
-
-
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator.log", **OPERATOR_ENV)
-    op.start()
-    yield op
-    op.stop()
+def operator_env() -> dict[str, str]:
+    return OPERATOR_ENV
 
 
 @pytest.fixture(scope="module")

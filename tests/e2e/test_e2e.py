@@ -58,6 +58,13 @@ def run(
     return status, job_log(kube, status)
 
 
+def running_engine(kube: Kube, ns: str, name: str) -> str:
+    """Starts a BuildJob whose job just sleeps; returns its engine's host name."""
+    kube.create_buildjob(ns, name, job("sleep 600"))
+    endpoint: str = kube.wait_phase(ns, name, "Running", timeout=300)["engine"]["endpoint"]
+    return endpoint.removeprefix("tcp://").split(":")[0]
+
+
 MULTI_STAGE = f"""set -e
 {LOAD_BUSYBOX}mkdir -p /tmp/app && cd /tmp/app
 printf '%s\\n' 'FROM {BUSYBOX} AS build' 'RUN echo "built in stage one" > /message' \\
@@ -122,9 +129,7 @@ def test_isolation(kube: Kube, operator: OperatorProcess, ns: str, servers: dict
     """Only a job's own pod reaches its engine, on 2376, with its own certificates; neither
     job nor engine reaches the API server or a denied range; the engine reaches 'the internet'.
     """
-    kube.create_buildjob(ns, "b", job("sleep 600"))
-    engine_b = kube.wait_phase(ns, "b", "Running", timeout=300)["engine"]["endpoint"]
-    host_b = engine_b.removeprefix("tcp://").split(":")[0]
+    host_b = running_engine(kube, ns, "b")
     internet, denied = servers["internet"], servers["denied"]
     script = (
         PROBE
@@ -164,9 +169,7 @@ true
 def test_pod_elsewhere_cannot_reach_an_engine(
     kube: Kube, operator: OperatorProcess, ns: str
 ) -> None:
-    kube.create_buildjob(ns, "target", job("sleep 600"))
-    status = kube.wait_phase(ns, "target", "Running", timeout=300)
-    host = status["engine"]["endpoint"].removeprefix("tcp://").split(":")[0]
+    host = running_engine(kube, ns, "target")
     kube.core.create_namespaced_pod(
         ns,
         {

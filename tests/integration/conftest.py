@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from kubernetes.config import new_client_from_config
 
 from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess
 
@@ -44,24 +43,15 @@ def cluster() -> Iterator[Cluster]:
     c = Cluster(workdir, Ports.free(), tier="kwok")
     try:
         c.up()
-        c.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        c.kubectl("wait", "--for=condition=Established", "crd/buildjobs.remotedocker.dev")
+        c.install_crds(ROOT / "crds")
         yield c
     finally:
         c.down()
 
 
 @pytest.fixture(scope="session")
-def kube(cluster: Cluster) -> Kube:
-    return Kube(new_client_from_config(str(cluster.kubeconfig)))
-
-
-@pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
-    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator.log", **OPERATOR_ENV)
-    op.start()
-    yield op
-    op.stop()
+def operator_env() -> dict[str, str]:
+    return OPERATOR_ENV
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import tarfile
+import tomllib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,7 +54,11 @@ def read_archive(path: Path) -> dict[str, bytes]:
 
 
 def test_the_table_is_pinned_and_complete() -> None:
-    assert set(build.IMAGES) == set(build.PLANS) == {"pause", "busybox", "dind", "job", "coredns"}
+    assert (
+        set(build.IMAGES)
+        == set(build.PLANS)
+        == {"pause", "busybox", "dind", "job", "coredns", "operator"}
+    )
     for ref in build.IMAGES.values():
         repo, tag = build.split_ref(ref)
         assert repo.startswith("rdo.local/")
@@ -170,3 +175,76 @@ def test_cached_layers_are_reused(tmp_path: Path) -> None:
     assert len(calls) == 1
     assert first == second
     assert first.path.parent == tmp_path / "cache/images/layers"
+
+
+def fake_checkout(root: Path, version: str) -> Path:
+    (root / "operator/remote_docker_operator/__pycache__").mkdir(parents=True)
+    (root / "pyproject.toml").write_text(f'[project]\nname = "x"\nversion = "{version}"\n')
+    (root / "README.md").write_text("# x\n")
+    (root / "operator/remote_docker_operator/__init__.py").write_text("")
+    (root / "operator/remote_docker_operator/handlers.py").write_text("A = 1\n")
+    (root / "operator/remote_docker_operator/__pycache__/handlers.cpython-311.pyc").write_bytes(b"")
+    (root / "operator/remote_docker_operator.egg-info").mkdir()
+    return root
+
+
+def test_operator_image_is_tagged_with_the_project_version() -> None:
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        version = tomllib.load(f)["project"]["version"]
+    assert build.IMAGES["operator"] == f"rdo.local/remote-docker-operator:{version}"
+    plan = build.plan_operator()
+    assert plan.ref == build.IMAGES["operator"]
+    config = plan.config.to_json()
+    assert config["User"] == "65532:65532"
+    assert config["Entrypoint"] == ["python3", "-m", "remote_docker_operator"]
+    assert config["WorkingDir"] == "/"
+    assert {"PYTHONPATH=/opt/app", "PYTHONUNBUFFERED=1", "PYTHONDONTWRITEBYTECODE=1"} <= set(
+        config["Env"]
+    )
+    # the chart runs `python -m remote_docker_operator` and `python -c` (helm test)
+    assert "python-is-python3" in build.OPERATOR_PACKAGES
+
+
+def test_operator_sources_are_the_package_and_its_metadata() -> None:
+    sources = build.operator_sources()
+    assert {"pyproject.toml", "operator/remote_docker_operator/__main__.py"} <= set(sources)
+    assert all(
+        name == "pyproject.toml" or name.startswith("operator/remote_docker_operator/")
+        for name in sources
+    )
+    assert not [name for name in sources if "__pycache__" in name or name.endswith(".pyc")]
+
+
+def test_a_source_change_rebuilds_only_the_app_layer(tmp_path: Path) -> None:
+    checkout = fake_checkout(tmp_path / "repo", "9.8.7")
+    first = build.plan_operator(checkout)
+    assert first.ref == "rdo.local/remote-docker-operator:9.8.7"
+    base, app = first.layers
+    assert base.key == build.plan_operator_base().key
+    assert base.key != build.plan_debian_base().key
+
+    pyc = checkout / "operator/remote_docker_operator/__pycache__/handlers.cpython-311.pyc"
+    pyc.write_bytes(b"compiled")  # not a source
+    (checkout / "README.md").write_text("# x, better explained\n")  # the wheel gets a stub
+    assert build.plan_operator(checkout).key == first.key
+
+    (checkout / "operator/remote_docker_operator/handlers.py").write_text("A = 2\n")
+    second = build.plan_operator(checkout)
+    assert second.layers[0].key == base.key
+    assert second.layers[1].key != app.key
+    assert second.key != first.key
+
+    (checkout / "operator/remote_docker_operator/new.py").write_text("")
+    assert build.plan_operator(checkout).layers[1].key != second.layers[1].key
+
+
+def test_manylinux_platforms_cover_older_glibcs() -> None:
+    platforms = build.manylinux_platforms("2.36")
+    assert platforms[0] == "manylinux_2_36_x86_64"
+    assert {"manylinux_2_34_x86_64", "manylinux_2_28_x86_64", "manylinux_2_17_x86_64"} <= set(
+        platforms
+    )
+    assert "manylinux2014_x86_64" in platforms
+    assert "manylinux_2_37_x86_64" not in platforms
+    with pytest.raises(build.BuildError, match="older than manylinux2014"):
+        build.manylinux_platforms("2.12")
