@@ -14,7 +14,7 @@ import pytest
 from ..support import ARTIFACTS, ROOT, Kube
 
 sys.path.insert(0, str(ROOT / "cluster"))
-from localcluster import Cluster, Ports
+from localcluster import BIN, Cluster, Ports
 from node import STAND_IN_DENIED, STAND_IN_INTERNET
 
 # The default denied ranges plus the stand-in for "a denied range" (e.g. cloud metadata) that
@@ -30,6 +30,7 @@ OPERATOR_ENV = {
     "RDO_DENIED_CIDRS": DENIED,
 }
 JOB_IMAGE = "rdo.local/job:1"
+HELM = str(BIN / "helm")
 BUSYBOX = "rdo.local/busybox:1.36"
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from ..support import ROOT, Kube, OperatorProcess, wait_for
-from .conftest import BIN, BUSYBOX, JOB_IMAGE
+from .conftest import BUSYBOX, HELM, JOB_IMAGE
 
 pytestmark = pytest.mark.e2e
 
@@ -47,7 +47,7 @@ def helm(cluster: Any, operator: OperatorProcess) -> Iterator[Any]:
     (the chart's operator must be the only one) and started again afterwards."""
 
     def helm_(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return run(str(BIN / "helm"), "--kubeconfig", str(cluster.kubeconfig), *args, check=check)
+        return run(HELM, "--kubeconfig", str(cluster.kubeconfig), *args, check=check)
 
     operator.stop()
     try:
