@@ -5,7 +5,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -164,8 +164,25 @@ class Kube:
             raise
         return True
 
+    def wait_event(self, namespace: str, name: str, type_: str, reason: str) -> None:
+        """Waits for an Event on the object: the operator posts events asynchronously."""
+        wait_for(
+            lambda: (type_, reason) in self.events_for(namespace, name),
+            timeout=30,
+            what=f"{type_} event {reason} on {namespace}/{name}",
+        )
+
     def events_for(self, namespace: str, name: str) -> list[tuple[str, str]]:
         events = self.core.list_namespaced_event(
             namespace, field_selector=f"involvedObject.name={name}"
         ).items
         return [(e.type, e.reason) for e in events]
+
+
+def operator_for(cluster: Any, env: dict[str, str]) -> Iterator[OperatorProcess]:
+    """The body of each tier's session-scoped `operator` fixture (each tier has its own
+    cluster, so each needs its own fixture: pytest keeps one value per fixture definition)."""
+    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator.log", **env)
+    op.start()
+    yield op
+    op.stop()

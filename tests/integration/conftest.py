@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from kubernetes.config import new_client_from_config
 
-from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess
+from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, operator_for
 
 sys.path.insert(0, str(ROOT / "cluster"))
 from localcluster import BIN, Cluster, Ports
@@ -50,8 +51,13 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def operator_env() -> dict[str, str]:
-    return OPERATOR_ENV
+def kube(cluster: Cluster) -> Kube:
+    return Kube(new_client_from_config(str(cluster.kubeconfig)))
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
+    yield from operator_for(cluster, OPERATOR_ENV)
 
 
 @pytest.fixture

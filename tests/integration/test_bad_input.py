@@ -228,4 +228,4 @@ def test_invalid_spec_fails(
     status = kube.wait_phase(ns, "invalid", "Failed")
     assert status["reason"] == "InvalidSpec"
     assert message.format(ns=ns) in status["message"]
-    assert ("Warning", "InvalidSpec") in kube.events_for(ns, "invalid")
+    kube.wait_event(ns, "invalid", "Warning", "InvalidSpec")

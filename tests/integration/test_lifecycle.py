@@ -71,9 +71,8 @@ def test_success_end_to_end(kube: Kube, operator: OperatorProcess, ns: str) -> N
     assert kube.pod(job_ns, "job") is not None
     wait_for(lambda: not kube.namespace_exists(job_ns), timeout=60, what="namespace deleted")
     assert kube.wait_phase(ns, "ok", "Succeeded").get("cleanedUp") is True
-    reasons = [r for _, r in kube.events_for(ns, "ok")]
     for reason in ("Provisioning", "JobRunning", "Succeeded", "CleanedUp"):
-        assert reason in reasons
+        kube.wait_event(ns, "ok", "Normal", reason)
 
 
 def test_job_failure_reports_exit_code(kube: Kube, operator: OperatorProcess, ns: str) -> None:
@@ -85,7 +84,7 @@ def test_job_failure_reports_exit_code(kube: Kube, operator: OperatorProcess, ns
     job_ns = status["namespace"]
     wait_for(lambda: kube.pod(job_ns, "engine") is None, what="engine pod deleted")
     assert kube.pod(job_ns, "job") is not None  # kept for its logs
-    assert ("Warning", "JobFailed") in kube.events_for(ns, "bad")
+    kube.wait_event(ns, "bad", "Warning", "JobFailed")
 
 
 def test_deadline(kube: Kube, operator: OperatorProcess, ns: str) -> None:

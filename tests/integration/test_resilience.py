@@ -132,4 +132,4 @@ def test_queue_runs_in_creation_order(
     q2 = kube.wait_phase(ns, "q2", "Succeeded")
     q3 = kube.wait_phase(ns, "q3", "Succeeded")
     assert q2["startTime"] <= q3["startTime"]
-    assert ("Normal", "Queued") in kube.events_for(ns, "q3")
+    kube.wait_event(ns, "q3", "Normal", "Queued")
