@@ -48,6 +48,8 @@ class OperatorProcess:
         full = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
+            # This checkout's operator, whichever checkout the shared virtualenv came from.
+            "PYTHONPATH": str(ROOT / "operator"),
             **self.base_env,
             **env,
             "RDO_LIVENESS_ENDPOINT": "",

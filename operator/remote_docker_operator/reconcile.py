@@ -6,6 +6,7 @@ timer; one lock per BuildJob keeps them from interleaving.
 """
 
 import datetime
+import itertools
 import json
 import logging
 import threading
@@ -52,7 +53,8 @@ class JobState:
     uid: str
     namespace: str
     name: str
-    created: str  # creationTimestamp: the queue's order
+    created: str  # creationTimestamp: the queue's order (to the second)
+    seen: int  # the order this operator first saw it in: breaks ties within a second
     generation: int | None
     target: Target | None
     invalid: str | None  # why the spec cannot work, when it cannot
@@ -105,6 +107,9 @@ class Reconciler:
         self.jobs: dict[str, JobState] = {}
         self._jobs_lock = threading.Lock()
         self._admission = threading.Lock()
+        # Watch events arrive in the order objects were written, so this orders BuildJobs
+        # created within the same second (creationTimestamp has whole seconds only).
+        self._seen = itertools.count()
 
     # -- bookkeeping --------------------------------------------------------------------------
 
@@ -121,6 +126,7 @@ class Reconciler:
                     namespace=meta["namespace"],
                     name=meta["name"],
                     created=meta.get("creationTimestamp", ""),
+                    seen=next(self._seen),
                     generation=meta.get("generation"),
                     target=target,
                     invalid=invalid,
@@ -456,7 +462,7 @@ class Reconciler:
                 and (s.phase in ACTIVE_PHASES or (s.admitted and s.phase in (None, "Pending")))
             )
             waiting = sorted(
-                (s.created, s.uid)
+                (s.created, s.seen)
                 for s in jobs
                 if s.phase in (None, "Pending")
                 and not s.admitted
@@ -465,8 +471,8 @@ class Reconciler:
                 and s.target is not None
             )
             rank = (
-                waiting.index((state.created, state.uid))
-                if (state.created, state.uid) in waiting
+                waiting.index((state.created, state.seen))
+                if (state.created, state.seen) in waiting
                 else len(waiting)
             )
             if rank < limit - active:
@@ -483,7 +489,7 @@ class Reconciler:
                 for s in list(self.jobs.values())
                 if s.phase == "Pending" and not s.admitted and not s.deleting
             ),
-            key=lambda s: (s.created, s.uid),
+            key=lambda s: (s.created, s.seen),
         )
         for state in waiting[: self.settings.max_running]:
             with state.lock:

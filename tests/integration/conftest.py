@@ -10,13 +10,14 @@ from collections.abc import Iterator
 import pytest
 from kubernetes.config import new_client_from_config
 
-from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, operator_for
+from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, operator_for, wait_for
 
 sys.path.insert(0, str(ROOT / "cluster"))
 from localcluster import BIN, Cluster, Ports
 
 # Fast resync so deadlines, TTLs and drift are noticed within a second or two in tests.
 OPERATOR_ENV = {
+    "RDO_LOG_LEVEL": "DEBUG",
     "RDO_RESYNC_SECONDS": "1",
     "RDO_DEFAULT_TTL_SECONDS": "600",
     "RDO_ENGINE_IMAGE_REPOSITORY": "local/dind",
@@ -73,7 +74,9 @@ def ns(kube: Kube) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.create_namespace(name)
     yield name
+    # Wait until it is gone, BuildJobs and all, so one test's teardown never overlaps the next.
     kube.core.delete_namespace(name)
+    wait_for(lambda: not kube.namespace_exists(name), timeout=120, what=f"namespace {name} gone")
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:

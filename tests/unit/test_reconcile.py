@@ -75,3 +75,11 @@ def test_deleted_buildjobs_do_not_hold_slots() -> None:
     assert not rec._admit(new)
     old.deleting = True
     assert rec._admit(new)
+
+
+def test_same_second_goes_in_the_order_seen() -> None:
+    rec = reconciler(max_running=1)
+    first = rec.observe(body("zzz", "2026-01-01T00:00:00Z"))
+    second = rec.observe(body("aaa", "2026-01-01T00:00:00Z"))
+    assert not rec._admit(second)  # uid order would have picked "aaa"
+    assert rec._admit(first)

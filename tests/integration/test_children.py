@@ -1,0 +1,163 @@
+"""Children of a running BuildJob deleted by hand: what the operator can rebuild without
+disturbing the job it rebuilds (the resync timer notices), what it cannot (the BuildJob fails
+with a reason), and that a deleted job namespace is not half-rebuilt."""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes.client import NetworkingV1Api
+from kubernetes.client.exceptions import ApiException
+
+from remote_docker_operator import names
+
+from ..support import Kube, OperatorProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+# No KWOK_EXIT_CODE: the job pod runs until something stops it.
+RUNNING_SPEC: dict[str, Any] = {
+    "job": {"image": "local/job:1"},
+    "imagePullSecrets": [{"name": "regcred"}],
+}
+PULL_COPY = names.pull_secret_copy("regcred")
+
+
+def _read(kube: Kube, kind: str, ns: str, name: str) -> Any:
+    net = NetworkingV1Api(kube.client)
+    readers: dict[str, Callable[[str, str], Any]] = {
+        "NetworkPolicy": net.read_namespaced_network_policy,
+        "Service": kube.core.read_namespaced_service,
+        "Secret": kube.core.read_namespaced_secret,
+        "Pod": kube.core.read_namespaced_pod,
+    }
+    try:
+        return readers[kind](name, ns)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def _delete(kube: Kube, kind: str, ns: str, name: str) -> None:
+    net = NetworkingV1Api(kube.client)
+    deleters: dict[str, Callable[..., Any]] = {
+        "NetworkPolicy": net.delete_namespaced_network_policy,
+        "Service": kube.core.delete_namespaced_service,
+        "Secret": kube.core.delete_namespaced_secret,
+        "Pod": kube.core.delete_namespaced_pod,
+    }
+    deleters[kind](name, ns)
+
+
+def _uid(obj: Any) -> str | None:
+    return None if obj is None else str(obj.metadata.uid)
+
+
+def _start(kube: Kube, ns: str, name: str) -> str:
+    secret: Any = {
+        "metadata": {"name": "regcred"},
+        "type": "kubernetes.io/dockerconfigjson",
+        "stringData": {".dockerconfigjson": "{}"},
+    }
+    kube.core.create_namespaced_secret(ns, secret)
+    kube.create_buildjob(ns, name, RUNNING_SPEC)
+    status = kube.wait_phase(ns, name, "Running")
+    return str(status["namespace"])
+
+
+RECREATED = [
+    ("NetworkPolicy", "default-deny"),
+    ("NetworkPolicy", "engine"),
+    ("NetworkPolicy", "job"),
+    ("Service", names.ENGINE_SERVICE),
+    ("Secret", PULL_COPY),
+]
+
+
+@pytest.mark.parametrize(("kind", "child"), RECREATED, ids=[f"{k}-{n}" for k, n in RECREATED])
+def test_deleted_child_is_recreated(
+    kube: Kube, operator: OperatorProcess, ns: str, kind: str, child: str
+) -> None:
+    """The resync timer's drift check puts the child back; the job keeps running."""
+    job_ns = _start(kube, ns, "bj")
+    old = _uid(wait_for(lambda: _read(kube, kind, job_ns, child), what=f"{kind} {child}"))
+    engine_uid = _uid(_read(kube, "Pod", job_ns, names.ENGINE_POD))
+    job_uid = _uid(_read(kube, "Pod", job_ns, names.JOB_POD))
+    _delete(kube, kind, job_ns, child)
+    new = wait_for(
+        lambda: _uid(_read(kube, kind, job_ns, child)) not in (None, old),
+        timeout=60,
+        what=f"{kind} {child} recreated",
+    )
+    assert new
+    recreated = _read(kube, kind, job_ns, child)
+    labels = recreated.metadata.labels or {}
+    assert labels.get(names.LABEL_MANAGED_BY) == names.APP
+    assert labels.get(names.LABEL_OWNER_NAME) == "bj"
+    status = kube.status(ns, "bj")
+    assert status["phase"] == "Running", status
+    # The pods were not touched on the way.
+    assert _uid(_read(kube, "Pod", job_ns, names.ENGINE_POD)) == engine_uid
+    assert _uid(_read(kube, "Pod", job_ns, names.JOB_POD)) == job_uid
+    assert operator.alive()
+    kube.delete_buildjob(ns, "bj")
+
+
+FATAL = [
+    # The TLS pair cannot be reissued under a running engine (reconcile._ensure_tls).
+    ("Secret", names.ENGINE_TLS_SECRET, {"ChildDeleted"}),
+    ("Secret", names.CLIENT_SECRET, {"ChildDeleted"}),
+    ("Pod", names.ENGINE_POD, {"EngineFailed"}),
+    ("Pod", names.JOB_POD, {"JobPodDeleted"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "child", "reasons"), FATAL, ids=[f"{k}-{n}" for k, n, _ in FATAL])
+def test_deleted_child_fails_the_buildjob(
+    kube: Kube, operator: OperatorProcess, ns: str, kind: str, child: str, reasons: set[str]
+) -> None:
+    job_ns = _start(kube, ns, "bj")
+    _delete(kube, kind, job_ns, child)
+    status = kube.wait_phase(ns, "bj", "Failed", timeout=60)
+    assert status["reason"] in reasons, status
+    assert status.get("message"), status
+    wait_for(
+        lambda: ("Warning", status["reason"]) in kube.events_for(ns, "bj"),
+        what=f"a Warning event {status['reason']}",
+    )
+    # Cut short: the engine and the job pod are stopped; the namespace stays until the TTL.
+    wait_for(
+        lambda: (
+            _read(kube, "Pod", job_ns, names.ENGINE_POD) is None
+            and _read(kube, "Pod", job_ns, names.JOB_POD) is None
+        ),
+        timeout=60,
+        what="pods deleted after failing",
+    )
+    assert kube.namespace_exists(job_ns)
+    if kind == "Secret":  # not reissued behind the failed BuildJob's back
+        assert _read(kube, "Secret", job_ns, child) is None
+    assert operator.alive()
+    kube.delete_buildjob(ns, "bj")
+
+
+def test_deleted_job_namespace_fails_and_is_not_rebuilt(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    job_ns = _start(kube, ns, "bj")
+    kube.core.delete_namespace(job_ns)
+    status = kube.wait_phase(ns, "bj", "Failed", timeout=60)
+    # The resync notices the Terminating namespace (ChildDeleted) unless a pod event for the
+    # namespace controller deleting the pods gets there first.
+    assert status["reason"] in {"ChildDeleted", "JobPodDeleted", "EngineFailed"}, status
+    assert status.get("message"), status
+    wait_for(lambda: not kube.namespace_exists(job_ns), timeout=90, what="job namespace gone")
+    # Several resyncs later (RDO_RESYNC_SECONDS=1) nothing has been put back.
+    time.sleep(3)
+    assert not kube.namespace_exists(job_ns)
+    assert kube.status(ns, "bj")["phase"] == "Failed"
+    assert operator.alive()
+    kube.delete_buildjob(ns, "bj")
+    wait_for(lambda: kube.get_buildjob(ns, "bj") is None, timeout=60, what="BuildJob deleted")
