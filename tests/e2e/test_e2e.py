@@ -58,6 +58,15 @@ def run(
     return status, job_log(kube, status)
 
 
+def run_checks(kube: Kube, ns: str, name: str, script: str) -> dict[str, str]:
+    """Runs a job that prints CHECK lines; it must succeed; returns {check: open|closed}."""
+    status, output = run(kube, ns, name, script)
+    assert status["phase"] == "Succeeded", (status, output)
+    found = checks(output)
+    print(output)  # shown by pytest when an assertion on the result fails
+    return found
+
+
 def running_engine(kube: Kube, ns: str, name: str) -> str:
     """Starts a BuildJob whose job just sleeps; returns its engine's host name."""
     kube.create_buildjob(ns, name, job("sleep 600"))
@@ -115,14 +124,12 @@ probe engine-pod-8080 "$(getent hosts engine | awk '{{print $1}}')" 8080
 true
 """
     )
-    status, output = run(kube, ns, "sep", script)
-    assert status["phase"] == "Succeeded", (status, output)
-    assert checks(output) == {
+    assert run_checks(kube, ns, "sep", script) == {
         "exec": "open",
         "shared-netns": "open",
         "direct-container": "closed",
         "engine-pod-8080": "closed",
-    }, output
+    }
 
 
 def test_isolation(kube: Kube, operator: OperatorProcess, ns: str, servers: dict[str, Any]) -> None:
@@ -150,9 +157,7 @@ eprobe engine-internet {internet[0]} {internet[1]}
 true
 """
     )
-    status, output = run(kube, ns, "a", script)
-    assert status["phase"] == "Succeeded", (status, output)
-    assert checks(output) == {
+    assert run_checks(kube, ns, "a", script) == {
         "own-engine-tls": "open",
         "own-engine-2376": "open",
         "own-engine-2375": "closed",
@@ -163,7 +168,7 @@ true
         "job-denied": "closed",
         "engine-denied": "closed",
         "engine-internet": "open",
-    }, output
+    }
 
 
 def test_pod_elsewhere_cannot_reach_an_engine(
