@@ -64,8 +64,7 @@ class JobState:
     gone: bool = False
     admitted: bool = False
     provisioned: bool = False
-    cleaned: bool = False  # engine (and, on failure, job pod) deleted after finishing
-    last_drift_check: float = 0.0
+    cleaned: bool = False  # engine (and a cut-short job's pod) deleted after finishing
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
