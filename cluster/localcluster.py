@@ -352,8 +352,9 @@ class Cluster:
                 raise RuntimeError(f"kube-apiserver exited; see {self.logs}/kube-apiserver.log")
             time.sleep(0.5)
 
-    def _component_kubeconfig(self, name: str, cn: str) -> Path:
-        cert = self.pki.issue(name, cn)
+    def component_kubeconfig(self, name: str, cn: str, org: str | None = None) -> Path:
+        """<dir>/<name>.kubeconfig with a client certificate for user `cn` (group `org`)."""
+        cert = self.pki.issue(name, cn, org=org)
         return self.write_kubeconfig(self.dir / f"{name}.kubeconfig", cn, *cert)
 
     @staticmethod
@@ -369,7 +370,7 @@ class Cluster:
         ]
 
     def _controller_manager(self) -> None:
-        kubeconfig = self._component_kubeconfig(
+        kubeconfig = self.component_kubeconfig(
             "kube-controller-manager", "system:kube-controller-manager"
         )
         sa_private, _ = self.pki.service_account_keys()
@@ -390,7 +391,7 @@ class Cluster:
         )
 
     def _scheduler(self) -> None:
-        kubeconfig = self._component_kubeconfig("kube-scheduler", "system:kube-scheduler")
+        kubeconfig = self.component_kubeconfig("kube-scheduler", "system:kube-scheduler")
         self.start(
             "kube-scheduler",
             [

@@ -229,10 +229,8 @@ state = "{self.dir / "containerd-state"}"
         serving = pki.issue(
             "kubelet-serving", NODE_NAME, ips=(NODE_IP,), dns=(NODE_NAME,), server=True
         )
-        kubeconfig = self.c.write_kubeconfig(
-            self.dir / "kubelet.kubeconfig",
-            f"system:node:{NODE_NAME}",
-            *pki.issue("kubelet", f"system:node:{NODE_NAME}", org="system:nodes"),
+        kubeconfig = self.c.component_kubeconfig(
+            "kubelet", f"system:node:{NODE_NAME}", org="system:nodes"
         )
         resolv = self.dir / "resolv.conf"
         resolv.write_text("# no upstream resolver: pods resolve cluster names only\n")
@@ -292,11 +290,7 @@ state = "{self.dir / "containerd-state"}"
         )
 
     def proxy_up(self) -> None:
-        kubeconfig = self.c.write_kubeconfig(
-            self.dir / "kube-proxy.kubeconfig",
-            "system:kube-proxy",
-            *self.c.pki.issue("kube-proxy", "system:kube-proxy"),
-        )
+        kubeconfig = self.c.component_kubeconfig("kube-proxy", "system:kube-proxy")
         self.c.start(
             "kube-proxy",
             [
@@ -314,11 +308,7 @@ state = "{self.dir / "containerd-state"}"
         )
 
     def firewall_up(self) -> None:
-        kubeconfig = self.c.write_kubeconfig(
-            self.dir / "kube-router.kubeconfig",
-            "kube-router",
-            *self.c.pki.issue("kube-router", "kube-router", org="system:masters"),
-        )
+        kubeconfig = self.c.component_kubeconfig("kube-router", "kube-router", org="system:masters")
         self.c.start(
             "kube-router",
             [
