@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 import pytest
+from kubernetes.stream import stream
 
 from ..support import Kube, OperatorProcess, wait_for
 from .conftest import BUSYBOX, JOB_IMAGE
@@ -169,6 +170,71 @@ true
         "engine-denied": "closed",
         "engine-internet": "open",
     }
+
+
+MATRIX_SIZE = 3
+
+
+def exec_in_job(kube: Kube, job_namespace: str, script: str) -> str:
+    """Runs a bash script in a running job pod (kubectl exec); returns stdout and stderr."""
+    output: str = stream(
+        kube.core.connect_get_namespaced_pod_exec,
+        "job",
+        job_namespace,
+        container="job",
+        command=["bash", "-c", script],
+        stderr=True,
+        stdout=True,
+    )
+    print(job_namespace, output)  # shown by pytest when an assertion on the result fails
+    return output
+
+
+def test_isolation_matrix(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    """N BuildJobs at once, every job pod against every engine, by TCP on 2376 and by TLS
+    with its own certificates: only the diagonal (own job -> own engine) is open."""
+    jobs = [f"m{i}" for i in range(MATRIX_SIZE)]
+    for name in jobs:
+        kube.create_buildjob(ns, name, job("sleep 600"))
+    job_ns = {name: kube.wait_phase(ns, name, "Running", timeout=300)["namespace"] for name in jobs}
+    script = PROBE + "".join(
+        f"""probe tcp-{target} engine.{job_ns[target]}.svc 2376
+DOCKER_HOST=tcp://engine.{job_ns[target]}.svc:2376 timeout 20 docker version >/dev/null 2>&1 \\
+  && echo "CHECK tls-{target}=open" || echo "CHECK tls-{target}=closed"
+"""
+        for target in jobs
+    )
+    found = {}
+    for source in jobs:
+        # The job container starts once its init container has reached the engine.
+        wait_for(
+            lambda s=source: kube.pod(job_ns[s], "job").status.phase == "Running",
+            timeout=120,
+            what=f"job pod of {source} running",
+        )
+        found[source] = checks(exec_in_job(kube, job_ns[source], script))
+    expected = {
+        source: {
+            f"{probe}-{target}": "open" if source == target else "closed"
+            for target in jobs
+            for probe in ("tcp", "tls")
+        }
+        for source in jobs
+    }
+    assert found == expected
+
+    # Certificates alone refuse a stranger too: the first job's own engine, reached through the
+    # open path, with the second job's client certificate (the first's CA, to trust the server).
+    other = kube.core.read_namespaced_secret("docker-client", job_ns[jobs[1]]).data
+    foreign = f"""mkdir -p /tmp/foreign && cp /certs/client/ca.pem /tmp/foreign/
+echo {other["cert.pem"]} | base64 -d > /tmp/foreign/cert.pem
+echo {other["key.pem"]} | base64 -d > /tmp/foreign/key.pem
+DOCKER_CERT_PATH=/tmp/foreign timeout 20 docker version 2>&1 && echo "CHECK foreign=open" \\
+  || echo "CHECK foreign=closed"
+"""
+    output = exec_in_job(kube, job_ns[jobs[0]], foreign)
+    assert checks(output) == {"foreign": "closed"}, output
+    assert "certificate" in output, output  # refused in the TLS handshake, not for another cause
 
 
 def test_pod_elsewhere_cannot_reach_an_engine(
