@@ -86,6 +86,8 @@ class Cluster:
     dir: Path
     ports: Ports = field(default_factory=Ports)
     tier: str = "kwok"
+    # Users whose requests the API server records in <dir>/audit.log (the benchmark counts them).
+    audit_users: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.dir = self.dir.resolve()
@@ -317,8 +319,33 @@ class Cluster:
                 "--profiling=false",
                 "--v=1",
                 *self._kubelet_client_flags(),
+                *self._audit_flags(),
             ],
         )
+
+    def _audit_flags(self) -> list[str]:
+        if not self.audit_users:
+            return []
+        policy = self.dir / "audit-policy.yaml"
+        policy.write_text(
+            json.dumps(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [
+                        {"level": "Metadata", "users": list(self.audit_users)},
+                        {"level": "None"},
+                    ],
+                }
+            )
+        )
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.dir / 'audit.log'}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
 
     def _kubelet_client_flags(self) -> list[str]:
         """How the API server reaches kubelets for logs and exec (the real tier has one)."""
@@ -428,6 +455,9 @@ class Cluster:
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 f"--config={HERE / 'kwok-stages.yaml'}",
                 "--cidr=10.244.0.0/16",
+                # Heartbeats through a node lease: without one the node controller marks the
+                # node NotReady every grace period, and with it every pod Ready=False.
+                "--node-lease-duration-seconds=40",
                 "--node-ip=127.0.0.1",
                 f"--server-address=127.0.0.1:{self.ports.kwok}",
             ],
