@@ -372,7 +372,9 @@ UNPRIVILEGED: Manifest = {
     "capabilities": {"drop": ["ALL"]},
     "seccompProfile": {"type": "RuntimeDefault"},
 }
-WAIT_FOR_ENGINE_SECONDS = 120
+# The job pod starts with the engine, so this covers pulling the engine image as well; an
+# engine that cannot start fails the BuildJob long before (EngineFailed).
+WAIT_FOR_ENGINE_SECONDS = 600
 
 
 def _wait_for_engine(t: Target) -> Manifest:

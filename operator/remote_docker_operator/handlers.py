@@ -71,7 +71,7 @@ def buildjob_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "pods", labels={names.LABEL_MANAGED_BY: names.APP})
-def pod_event(body: kopf.Body, **_: Any) -> None:
+def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     rec = reconciler()
     labels = body.metadata.labels
     uid = labels.get(names.LABEL_OWNER_UID, "")
@@ -85,7 +85,7 @@ def pod_event(body: kopf.Body, **_: Any) -> None:
         if owner is None or owner["metadata"]["uid"] != uid:
             return  # its BuildJob is gone; the namespace goes with it
         state = rec.observe(owner)
-    rec.reconcile(state)
+    rec.reconcile(state, pod_event={**body, "deleted": type == "DELETED"})
 
 
 @kopf.timer(
@@ -96,8 +96,11 @@ def pod_event(body: kopf.Body, **_: Any) -> None:
     # After an error (say, the API server briefly unavailable) try again at the next tick, not
     # after kopf's default minute.
     backoff=SETTINGS.resync_seconds,
-    field="status.cleanedUp",
-    value=kopf.ABSENT,
+    # A new BuildJob's own event starts it; an immediate tick would only repeat those reads.
+    initial_delay=SETTINGS.resync_seconds,
+    # A callback, not field=/value=: kopf stores a field filter's value in its diff-base
+    # annotation, which would cost one more write per BuildJob once cleanedUp is set.
+    when=lambda status, **_: not status.get("cleanedUp"),
 )
 def resync(body: kopf.Body, **_: Any) -> None:
     """Deadlines, TTLs, the queue, and children deleted behind our back."""

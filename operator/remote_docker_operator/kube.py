@@ -115,6 +115,7 @@ class Kube:
         existing = self.get(manifest["kind"], meta.get("namespace"), meta["name"])
         if existing is None:  # deleted between our 409 and our read: try once more
             return self.ensure(manifest)
+        logger.info("Adopted existing %s %s", manifest["kind"].lower(), _ref(meta))
         return existing
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:

@@ -65,6 +65,9 @@ class JobState:
     admitted: bool = False
     provisioned: bool = False
     cleaned: bool = False  # engine (and a cut-short job's pod) deleted after finishing
+    # The newest body of each child pod from the pod watch (None: deleted), so that following
+    # a job costs no reads; a pod not seen yet is read from the API server.
+    pods: dict[str, Obj | None] = field(default_factory=dict)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
     @property
@@ -137,13 +140,21 @@ class Reconciler:
         state.deleting = state.deleting or bool(meta.get("deletionTimestamp"))
         return state
 
+    def _pod(self, state: JobState, t: Target, name: str, fresh: bool = False) -> Obj | None:
+        if fresh or name not in state.pods:
+            state.pods[name] = self.kube.get("Pod", t.job_namespace, name)
+        return state.pods[name]
+
     def forget(self, uid: str) -> None:
         with self._jobs_lock:
             self.jobs.pop(uid, None)
 
     # -- the reconcile loop -------------------------------------------------------------------
 
-    def reconcile(self, state: JobState, drift_check: bool = False) -> None:
+    def reconcile(
+        self, state: JobState, drift_check: bool = False, pod_event: Obj | None = None
+    ) -> None:
+        """pod_event: the body a pod event brought ({"deleted": True, ...} when it went)."""
         # Another trigger is already converging this BuildJob; a waiting thread would only
         # repeat its work. (API calls time out, so a holder never keeps the lock for long.)
         if not state.lock.acquire(timeout=LOCK_WAIT_SECONDS):
@@ -155,6 +166,10 @@ class Reconciler:
             )
             return
         try:
+            # Stored under the lock, so a read in flight never overwrites a newer event.
+            if pod_event is not None:
+                name = pod_event["metadata"]["name"]
+                state.pods[name] = None if pod_event.get("deleted") else pod_event
             if state.deleting or state.gone:
                 return
             try:
@@ -209,22 +224,27 @@ class Reconciler:
         elif state.phase == "Running":
             if not state.provisioned:
                 self._provision_children(state, t, check_first=True)
-            self._follow_job(state, t)
+            self._follow_job(state, t, fresh=drift_check)
 
     # -- provisioning -------------------------------------------------------------------------
 
     def _provision(self, state: JobState, t: Target, check_first: bool) -> None:
         if not state.provisioned:
             self._provision_children(state, t, check_first)
-        engine = self.kube.get("Pod", t.job_namespace, names.ENGINE_POD)
+        engine = self._pod(state, t, names.ENGINE_POD, fresh=check_first)
         if engine is None:
-            self._create_pod(builders.build_engine_pod(t))
+            self._create_pod(state, builders.build_engine_pod(t))
             failpoints.reached("engine-pod")
+        # The job pod starts alongside the engine: its init container holds the job back
+        # until the engine answers over mutual TLS, so the two start-ups overlap.
+        job = self._pod(state, t, names.JOB_POD, fresh=check_first)
+        if job is None:
+            self._create_pod(state, builders.build_job_pod(t))
+            failpoints.reached("job-pod")
+        elif self._unreachable(state, job):
             return
-        if self._engine_failed(state, engine) or not pods.is_ready(engine):
+        if engine is None or self._engine_failed(state, engine) or not pods.is_ready(engine):
             return
-        self._create_pod(builders.build_job_pod(t))
-        failpoints.reached("job-pod")
         self._set(
             state,
             "Running",
@@ -319,15 +339,16 @@ class Reconciler:
             if self.kube.create(manifest) is None:
                 self.kube.replace(manifest)
 
-    def _create_pod(self, manifest: Obj) -> None:
+    def _create_pod(self, state: JobState, manifest: Obj) -> None:
+        name = manifest["metadata"]["name"]
         # A namespace's "default" ServiceAccount appears a moment after the namespace; until
         # then the ServiceAccount admission plugin refuses pods with 403.
         for attempt in range(SA_RETRIES):
             try:
-                self.kube.create(manifest)
+                created = self.kube.create(manifest)
             except ApiException as e:
                 if e.status in (400, 422):  # the API server refused a field the user gave us
-                    raise InvalidSpec(_refused_pod_message(e)) from e
+                    raise InvalidSpec(_refused_pod_message(e, name)) from e
                 if (
                     e.status == 403
                     and "serviceaccount" in (e.body or "")
@@ -336,6 +357,12 @@ class Reconciler:
                     time.sleep(SA_RETRY_SECONDS)
                     continue
                 raise
+            # What the API server returned is as new as the watch's next event; one that
+            # already existed (409) is read when next needed.
+            if created is None:
+                state.pods.pop(name, None)
+            else:
+                state.pods[name] = created
             return
 
     def _engine_failed(self, state: JobState, engine: Obj) -> bool:
@@ -355,18 +382,12 @@ class Reconciler:
 
     # -- running ------------------------------------------------------------------------------
 
-    def _follow_job(self, state: JobState, t: Target) -> None:
-        job = self.kube.get("Pod", t.job_namespace, names.JOB_POD)
+    def _follow_job(self, state: JobState, t: Target, fresh: bool) -> None:
+        job = self._pod(state, t, names.JOB_POD, fresh)
         if job is None:
             self._fail(state, st.JOB_POD_DELETED, "the job pod was deleted before it finished")
             return
-        unreachable = pods.init_failed(job, names.WAIT_CONTAINER)
-        if unreachable is not None:
-            self._fail(
-                state,
-                st.ENGINE_FAILED,
-                "the job pod could not reach its engine: " + pods.describe_exit(unreachable),
-            )
+        if self._unreachable(state, job):
             return
         ended = pods.terminated(job, names.JOB_CONTAINER)
         if ended is not None:
@@ -395,11 +416,23 @@ class Reconciler:
             reason = st.IMAGE_PULL_FAILED if stuck[0] in pods.PULL_FAILURES else st.INVALID_SPEC
             self._fail(state, reason, f"the job container cannot start: {stuck[0]}: {stuck[1]}")
             return
-        engine = self.kube.get("Pod", t.job_namespace, names.ENGINE_POD)
+        engine = self._pod(state, t, names.ENGINE_POD, fresh)
         if engine is None:
             self._fail(state, st.ENGINE_FAILED, "the engine pod was deleted")
         else:
             self._engine_failed(state, engine)
+
+    def _unreachable(self, state: JobState, job: Obj) -> bool:
+        """Fails the BuildJob when the job pod gave up waiting for its engine."""
+        unreachable = pods.init_failed(job, names.WAIT_CONTAINER)
+        if unreachable is None:
+            return False
+        self._fail(
+            state,
+            st.ENGINE_FAILED,
+            "the job pod could not reach its engine: " + pods.describe_exit(unreachable),
+        )
+        return True
 
     # -- finishing ----------------------------------------------------------------------------
 
@@ -548,11 +581,22 @@ class Reconciler:
         return deleted
 
 
-def _refused_pod_message(e: ApiException) -> str:
-    """The API server's reason, with the pod's container path turned into the BuildJob's
-    field path (the job container is built from spec.job, field by field)."""
+# Pod field paths the API server names -> the BuildJob fields they are built from.
+_FIELD_OF = {
+    names.JOB_POD: {"spec.containers[0].": "spec.job."},
+    names.ENGINE_POD: {
+        "spec.containers[0].": "spec.engine.",
+        "spec.volumes[0].emptyDir.sizeLimit": "spec.engine.storage",
+    },
+}
+
+
+def _refused_pod_message(e: ApiException, pod: str) -> str:
+    """The API server's reason, with the pod's field paths turned into the BuildJob's."""
     try:
         message = str(json.loads(e.body or "").get("message", e.reason))
     except (TypeError, ValueError):
         message = str(e.reason)
-    return "the API server refused the pod: " + message.replace("spec.containers[0].", "spec.job.")
+    for pod_path, spec_path in _FIELD_OF[pod].items():
+        message = message.replace(pod_path, spec_path)
+    return "the API server refused the pod: " + message
