@@ -1,0 +1,385 @@
+"""The operator under API-server back-pressure: 429 with Retry-After, and 409 on create.
+
+A reverse proxy between the operator and the real kube-apiserver answers the first attempt of
+every write the reconciler makes with 429 (as the API server's priority and fairness would),
+and forwards everything else, watch streams included. The session operator is stopped meanwhile,
+so the proxied operator alone converges the BuildJob, and every one of its writes goes through
+the 429 path exactly once.
+"""
+
+import asyncio
+import hashlib
+import json
+import re
+import ssl
+import threading
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import ClientError, ClientSession, ClientTimeout, TCPConnector, web
+from kubernetes.client import NetworkingV1Api
+from localcluster import Cluster
+from yarl import URL
+
+from remote_docker_operator import builders, names
+from remote_docker_operator.config import Settings
+from remote_docker_operator.reconcile import parse_spec
+
+from ..support import Kube, OperatorProcess, wait_for
+from .conftest import OPERATOR_ENV
+
+pytestmark = pytest.mark.integration
+
+# The reconciler's writes: creates of every child kind, and BuildJob status patches.
+THROTTLED = {
+    "POST": re.compile(
+        r"^/api/v1/namespaces$"
+        r"|^/api/v1/namespaces/[^/]+/(pods|secrets|services)$"
+        r"|^/apis/networking\.k8s\.io/v1/namespaces/[^/]+/networkpolicies$"
+    ),
+    "PATCH": re.compile(
+        rf"^/apis/{names.API_VERSION}/namespaces/[^/]+/{names.PLURAL}/[^/]+/status$"
+    ),
+}
+# Per connection or re-framed by the proxy (it streams every response chunked).
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "content-length",
+    "host",
+    "upgrade",
+    "proxy-connection",
+    "te",
+    "trailer",
+}
+
+
+def status_429(method: str, path: str) -> dict[str, Any]:
+    """The body kube-apiserver sends with a 429."""
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": f"Too many requests, please try again later ({method} {path}).",
+        "reason": "TooManyRequests",
+        "details": {"retryAfterSeconds": 1},
+        "code": 429,
+    }
+
+
+class ThrottlingProxy:
+    """Plain-HTTP reverse proxy on loopback to the cluster's API server, run by its own event
+    loop in a background thread. Writes are keyed by (method, object path): a create's key is
+    the collection path plus the new object's name, so the engine and job pods (one collection)
+    are distinct writes."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        config = yaml.safe_load(kubeconfig.read_text())
+        cluster = config["clusters"][0]["cluster"]
+        user = config["users"][0]["user"]
+        self.upstream = cluster["server"].rstrip("/")
+        self.ssl = ssl.create_default_context(cafile=cluster["certificate-authority"])
+        self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
+        self.port = 0
+        self.lock = threading.Lock()
+        self.throttled: Counter[tuple[str, str]] = Counter()
+        # Upstream status codes of the forwarded throttled-kind writes, in order.
+        self.forwarded: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
+        # (method, object path, body digest) of each write already throttled once. A status
+        # patch with new content is a new write; a create is one write per object, whatever its
+        # body (the TLS secrets get new keys each time a reconcile starts over).
+        self._seen: set[tuple[str, str, str]] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="throttling-proxy", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(30)
+
+    def stop(self) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(30)
+            self._loop.close()
+
+    async def _start(self) -> None:
+        # No overall timeout: watch streams last as long as the API server keeps them open.
+        # No decompression: bodies pass through byte for byte, Content-Encoding included.
+        self._session = ClientSession(
+            connector=TCPConnector(ssl=self.ssl),
+            timeout=ClientTimeout(total=None, connect=10),
+            auto_decompress=False,
+        )
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # A client that goes away (the operator stopped) ends its handler and upstream watch.
+        self._runner = web.AppRunner(app, handler_cancellation=True, shutdown_timeout=2)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+
+    async def _stop(self) -> None:
+        await self._session.close()  # ends any watch still streaming
+        await self._runner.cleanup()
+
+    def _key(self, request: web.Request, body: bytes) -> tuple[str, str] | None:
+        """The write's key when it is one of the reconciler's (kopf's own calls say
+        User-Agent kopf/...), else None."""
+        pattern = THROTTLED.get(request.method)
+        if pattern is None or not pattern.match(request.path):
+            return None
+        if request.headers.get("User-Agent", "").startswith("kopf/"):
+            return None
+        if request.method == "POST":
+            name = json.loads(body)["metadata"]["name"]
+            return request.method, f"{request.path}/{name}"
+        return request.method, request.path
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        key = self._key(request, body)
+        if key is not None:
+            digest = hashlib.sha256(body).hexdigest() if request.method == "PATCH" else ""
+            attempt = (*key, digest)
+            with self.lock:
+                first = attempt not in self._seen
+                self._seen.add(attempt)
+                if first:
+                    self.throttled[key] += 1
+            if first:
+                return web.json_response(status_429(*key), status=429, headers={"Retry-After": "1"})
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        try:
+            upstream = await self._session.request(
+                request.method,
+                URL(self.upstream + request.raw_path, encoded=True),
+                headers=headers,
+                data=body or None,
+                allow_redirects=False,
+            )
+        except ClientError as e:
+            return web.Response(status=502, text=f"proxy: {e}")
+        async with upstream:
+            if key is not None:
+                with self.lock:
+                    self.forwarded[key].append(upstream.status)
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            for name, value in upstream.headers.items():
+                if name.lower() not in HOP_BY_HOP:
+                    response.headers.add(name, value)
+            await response.prepare(request)
+            # Chunk by chunk as they arrive: a watch is an endless body.
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+    def write_kubeconfig(self, path: Path) -> Path:
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "proxy",
+                    "clusters": [
+                        {"name": "proxy", "cluster": {"server": f"http://127.0.0.1:{self.port}"}}
+                    ],
+                    "users": [{"name": "anonymous", "user": {}}],
+                    "contexts": [
+                        {"name": "proxy", "context": {"cluster": "proxy", "user": "anonymous"}}
+                    ],
+                }
+            )
+        )
+        return path
+
+
+@pytest.fixture
+def proxy(cluster: Cluster) -> Iterator[ThrottlingProxy]:
+    p = ThrottlingProxy(cluster.kubeconfig)
+    p.start()
+    try:
+        yield p
+    finally:
+        p.stop()
+
+
+@pytest.fixture
+def proxied_operator(
+    cluster: Cluster,
+    ns: str,
+    restore_operator: OperatorProcess,
+    proxy: ThrottlingProxy,
+    tmp_path: Path,
+) -> Iterator[OperatorProcess]:
+    """An operator (not started yet) that reaches the API server only through the proxy. The
+    session operator is stopped until after the test (restore_operator restarts it), and this
+    fixture depends on `ns` so that both run again before the test namespace is deleted."""
+    restore_operator.stop()
+    op = OperatorProcess(
+        proxy.write_kubeconfig(tmp_path / "proxy.kubeconfig"),
+        cluster.logs / "operator-throttling.log",
+        **OPERATOR_ENV,
+    )
+    try:
+        yield op
+    finally:
+        op.stop()
+
+
+def log_since(op: OperatorProcess, offset: int) -> str:
+    with op.log.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def log_size(op: OperatorProcess) -> int:
+    return op.log.stat().st_size if op.log.exists() else 0
+
+
+def spec(exit_code: int = 0) -> dict[str, Any]:
+    """test_lifecycle's minimal BuildJob: the job pod exits with exit_code at once."""
+    return {
+        "job": {
+            "image": "local/job:1",
+            "command": ["sh", "-c"],
+            "args": ["docker version"],
+            "env": [{"name": "KWOK_EXIT_CODE", "value": str(exit_code)}],
+        }
+    }
+
+
+def status_path(namespace: str, name: str) -> str:
+    return f"/apis/{names.API_VERSION}/namespaces/{namespace}/{names.PLURAL}/{name}/status"
+
+
+def child_paths(job_ns: str) -> dict[str, str]:
+    """Object paths of every child a minimal BuildJob gets (no secret copies)."""
+    base = f"/api/v1/namespaces/{job_ns}"
+    policies = f"/apis/networking.k8s.io/v1/namespaces/{job_ns}/networkpolicies"
+    return {
+        "namespace": base,
+        "policy default-deny": f"{policies}/{names.POLICY_DEFAULT_DENY}",
+        "policy engine": f"{policies}/{names.POLICY_ENGINE}",
+        "policy job": f"{policies}/{names.POLICY_JOB}",
+        "service": f"{base}/services/{names.ENGINE_SERVICE}",
+        "secret engine-tls": f"{base}/secrets/{names.ENGINE_TLS_SECRET}",
+        "secret docker-client": f"{base}/secrets/{names.CLIENT_SECRET}",
+        "engine pod": f"{base}/pods/{names.ENGINE_POD}",
+        "job pod": f"{base}/pods/{names.JOB_POD}",
+    }
+
+
+def apis(kube: Kube) -> tuple[Any, Any]:
+    """CoreV1 and NetworkingV1, untyped: their models declare every field optional, and these
+    tests take manifests as dicts and read fields that are always there."""
+    return kube.core, NetworkingV1Api(kube.client)
+
+
+def test_throttled_writes_are_retried_once_each(
+    kube: Kube, ns: str, proxy: ThrottlingProxy, proxied_operator: OperatorProcess
+) -> None:
+    offset = log_size(proxied_operator)
+    proxied_operator.start()
+    kube.create_buildjob(ns, "tp", spec(0))
+    done = kube.wait_phase(ns, "tp", "Succeeded", timeout=120)
+    assert done["exitCode"] == 0
+    job_ns = done["namespace"]
+    paths = child_paths(job_ns)
+
+    with proxy.lock:
+        throttled = dict(proxy.throttled)
+        forwarded = {k: list(v) for k, v in proxy.forwarded.items()}
+    # Every child's create met a 429 first, then went through once and created it (201):
+    # nothing was created twice, nothing given up on.
+    for what, path in paths.items():
+        assert throttled.get(("POST", path)) == 1, f"{what} create was not throttled"
+        assert forwarded.get(("POST", path)) == [201], f"{what}: {forwarded.get(('POST', path))}"
+    assert {k for k in throttled if k[0] == "POST"} == {("POST", p) for p in paths.values()}
+    # Provisioning, Running, Succeeded: each a distinct status patch, each throttled once.
+    status_key = ("PATCH", status_path(ns, "tp"))
+    assert throttled.get(status_key, 0) >= 3
+    assert forwarded[status_key].count(200) == throttled[status_key]
+
+    # What exists is one of each child, all tied to this BuildJob.
+    uid = kube.get_buildjob(ns, "tp")["metadata"]["uid"]  # type: ignore[index]
+    core, networking = apis(kube)
+    owned = core.list_namespace(label_selector=f"{names.LABEL_OWNER_UID}={uid}").items
+    assert [n.metadata.name for n in owned] == [job_ns]
+    policies = networking.list_namespaced_network_policy(job_ns).items
+    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine", "job"]
+    services = core.list_namespaced_service(job_ns).items
+    assert [s.metadata.name for s in services] == [names.ENGINE_SERVICE]
+    secrets = {s.metadata.name for s in core.list_namespaced_secret(job_ns).items}
+    assert {names.ENGINE_TLS_SECRET, names.CLIENT_SECRET} <= secrets
+    # The engine goes once the job has ended; the job pod stays (until the TTL).
+    wait_for(lambda: kube.pod(job_ns, names.ENGINE_POD) is None, what="engine pod deleted")
+    pods = core.list_namespaced_pod(job_ns).items
+    assert [p.metadata.name for p in pods] == [names.JOB_POD]
+
+    # kube.py's retries did it (not a later resync re-running a failed reconcile).
+    log = log_since(proxied_operator, offset)
+    assert "API server throttled POST /api/v1/namespaces;" in log
+    assert f"API server throttled POST /api/v1/namespaces/{job_ns}/pods;" in log
+    assert f"API server throttled PATCH {status_key[1]};" in log
+    assert "Traceback" not in log, "a 429 surfaced as an error"
+
+
+def test_existing_children_are_adopted_after_throttling(
+    kube: Kube, ns: str, proxy: ThrottlingProxy, proxied_operator: OperatorProcess
+) -> None:
+    """Children already there (a previous operator's work) answer the retried create with 409,
+    and the operator adopts them instead of failing or replacing them."""
+    offset = log_size(proxied_operator)
+    # No operator runs yet: the BuildJob is only known to the API server.
+    body = kube.create_buildjob(ns, "adopt", spec(0))
+    target, invalid = parse_spec(body, Settings())
+    assert target is not None, invalid
+    job_ns = target.job_namespace
+    core, networking = apis(kube)
+    namespace = core.create_namespace(builders.build_namespace(target))
+    service = core.create_namespaced_service(job_ns, builders.build_engine_service(target))
+    policy = next(
+        p
+        for p in builders.build_network_policies(target)
+        if p["metadata"]["name"] == names.POLICY_DEFAULT_DENY
+    )
+    deny = networking.create_namespaced_network_policy(job_ns, policy)
+
+    proxied_operator.start()
+    done = kube.wait_phase(ns, "adopt", "Succeeded", timeout=120)
+    assert done["namespace"] == job_ns
+    assert done["exitCode"] == 0
+
+    # Still one of each, the very objects created above.
+    assert core.read_namespace(job_ns).metadata.uid == namespace.metadata.uid
+    services = core.list_namespaced_service(job_ns).items
+    assert [s.metadata.uid for s in services] == [service.metadata.uid]
+    policies = {
+        p.metadata.name: p.metadata.uid
+        for p in networking.list_namespaced_network_policy(job_ns).items
+    }
+    assert sorted(policies) == ["default-deny", "engine", "job"]
+    assert policies[names.POLICY_DEFAULT_DENY] == deny.metadata.uid
+
+    # Each create was throttled, then answered 409 and adopted; the rest were created.
+    paths = child_paths(job_ns)
+    with proxy.lock:
+        throttled = dict(proxy.throttled)
+        forwarded = {k: list(v) for k, v in proxy.forwarded.items()}
+    for what, path in paths.items():
+        expected = [409] if what in ("namespace", "service", "policy default-deny") else [201]
+        assert throttled.get(("POST", path)) == 1, f"{what} create was not throttled"
+        assert forwarded.get(("POST", path)) == expected, f"{what}: {forwarded.get(('POST', path))}"
+    assert "Traceback" not in log_since(proxied_operator, offset), "a 409 surfaced as an error"
