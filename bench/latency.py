@@ -1,0 +1,246 @@
+"""Latency on the real local cluster: a BuildJob against the pod a user would write by hand.
+
+Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) twice,
+one after the other: as a BuildJob, and as one pod whose dind engine is a native sidecar (an
+init container with restartPolicy Always, so the pod completes when the job does) with a
+startup probe, so the job container starts once dockerd answers. Milestones are seen by polling
+the API every 0.1 s, from the moment the create call is sent:
+
+  engine Ready   BuildJob: the engine pod's Ready condition; baseline: the sidecar started
+  job Running    the job container running
+  done           BuildJob Succeeded; baseline: the job container exited 0 (the pod itself
+                 ends seconds later, once its dockerd sidecar has shut down)
+
+Run with `make bench-latency` (or `python bench/latency.py --help`).
+"""
+
+import argparse
+import os
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from common import ROOT, describe, percentile, report
+from kubernetes.client import CoreV1Api, CustomObjectsApi
+from kubernetes.config import new_client_from_config
+from localcluster import Cluster, Ports
+from node import NODE_IP
+from tests.support import OperatorProcess
+
+from remote_docker_operator import names
+
+ENGINE_IMAGE = "rdo.local/dind:20.10"
+JOB_IMAGE = "rdo.local/job:1"
+BUSYBOX = "rdo.local/busybox:1.36"
+ENV = {
+    "RDO_ENGINE_IMAGE_REPOSITORY": "rdo.local/dind",
+    "RDO_ENGINE_VERSION": "20.10",
+    "RDO_ENGINE_IMAGE_SUFFIX": "",
+}
+BUILD = f"""set -e
+docker load -i /images/busybox.tar >/dev/null
+mkdir -p /tmp/app && cd /tmp/app
+printf '%s\\n' 'FROM {BUSYBOX} AS build' 'RUN echo built > /message' \\
+  'FROM {BUSYBOX}' 'COPY --from=build /message /message' 'CMD ["cat", "/message"]' > Dockerfile
+docker build -q -t app . >/dev/null
+docker run --rm app
+"""
+MILESTONES = ("engine Ready", "job Running", "done")
+
+
+def buildjob(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "job": {
+                "image": JOB_IMAGE,
+                "imagePullPolicy": "Never",
+                "command": ["bash", "-c", BUILD],
+            },
+            "engine": {"imagePullPolicy": "Never"},
+            "ttlSecondsAfterFinished": 0,
+        },
+    }
+
+
+def baseline_pod(name: str) -> dict[str, Any]:
+    """What a user writes by hand: dind as a native sidecar, plain TCP on loopback."""
+    docker = ["docker", "--host=tcp://127.0.0.1:2375"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "initContainers": [
+                {
+                    "name": "dind",
+                    "image": ENGINE_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "restartPolicy": "Always",
+                    "command": ["dockerd", "--host=tcp://127.0.0.1:2375", "--tls=false"],
+                    "securityContext": {"privileged": True},
+                    "startupProbe": {
+                        "exec": {"command": [*docker, "version"]},
+                        "periodSeconds": 1,
+                        "failureThreshold": 120,
+                    },
+                    "volumeMounts": [{"name": "docker", "mountPath": "/var/lib/docker"}],
+                }
+            ],
+            "containers": [
+                {
+                    "name": "job",
+                    "image": JOB_IMAGE,
+                    "imagePullPolicy": "Never",
+                    "command": ["bash", "-c", BUILD],
+                    "env": [{"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"}],
+                }
+            ],
+            "volumes": [{"name": "docker", "emptyDir": {}}],
+        },
+    }
+
+
+def container(pod: Any, name: str, init: bool = False) -> Any:
+    statuses = (pod.status.init_container_statuses if init else pod.status.container_statuses) or []
+    return next((s for s in statuses if s.name == name), None)
+
+
+def started(pod: Any, name: str) -> bool:
+    state = container(pod, name).state if pod and container(pod, name) else None
+    return bool(state and (state.running or state.terminated))
+
+
+def follow(checks: Callable[[], dict[str, bool]], timeout: float = 300) -> dict[str, float]:
+    """Polls until every milestone is reached; returns seconds from now to each."""
+    t0 = time.monotonic()
+    seen: dict[str, float] = {}
+    while len(seen) < len(MILESTONES):
+        if time.monotonic() - t0 > timeout:
+            raise TimeoutError(f"milestones reached: {seen}")
+        for milestone, reached in checks().items():
+            if reached and milestone not in seen:
+                seen[milestone] = time.monotonic() - t0
+        time.sleep(0.1)
+    return seen
+
+
+def run_buildjob(custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
+    def checks() -> dict[str, bool]:
+        bj = custom.get_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, name)
+        status = bj.get("status") or {}
+        if status.get("phase") == "Failed":
+            raise RuntimeError(f"BuildJob {name} failed: {status.get('message')}")
+        pods = {}
+        if status.get("namespace"):
+            pods = {p.metadata.name: p for p in core.list_namespaced_pod(status["namespace"]).items}
+        engine, job = pods.get(names.ENGINE_POD), pods.get(names.JOB_POD)
+        conditions = (engine.status.conditions or []) if engine else []
+        return {
+            "engine Ready": any(c.type == "Ready" and c.status == "True" for c in conditions),
+            "job Running": started(job, names.JOB_CONTAINER),
+            "done": status.get("phase") == "Succeeded",
+        }
+
+    custom.create_namespaced_custom_object(
+        names.GROUP, names.VERSION, ns, names.PLURAL, buildjob(name)
+    )
+    return follow(checks)
+
+
+def run_baseline(core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
+    def checks() -> dict[str, bool]:
+        pod = core.read_namespaced_pod(name, ns)
+        if pod.status.phase == "Failed":
+            raise RuntimeError(f"baseline pod {name} failed")
+        dind = container(pod, "dind", init=True)
+        job = container(pod, "job")
+        return {
+            "engine Ready": bool(dind and dind.started),
+            "job Running": started(pod, "job"),
+            # The job's exit, not the pod's end: that waits for dockerd to shut down as well.
+            "done": bool(job and job.state.terminated and job.state.terminated.exit_code == 0),
+        }
+
+    core.create_namespaced_pod(ns, baseline_pod(name))
+    try:
+        return follow(checks)
+    finally:
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=20)
+    args = parser.parse_args()
+    cluster = Cluster(
+        Path(os.environ.get("RDO_CLUSTER_DIR", ROOT / ".artifacts" / "cluster")), Ports(), "real"
+    )
+    started_here = not cluster.running()
+    cluster.up()
+    try:
+        return measure(cluster, args.rounds)
+    finally:
+        if started_here:
+            cluster.down()
+
+
+def measure(cluster: Cluster, rounds: int) -> int:
+    # This benchmark runs its own operator: remove the one `make up` installed, if any.
+    cluster.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")
+    cluster.install_crds(ROOT / "crds")
+    client = new_client_from_config(str(cluster.kubeconfig))
+    custom, core = CustomObjectsApi(client), CoreV1Api(client)
+    ns = f"bench-{uuid.uuid4().hex[:6]}"
+    core.create_namespace({"metadata": {"name": ns}})
+    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator-bench.log", **ENV)
+    op.start()
+    results: dict[str, list[dict[str, float]]] = {"BuildJob": [], "baseline": []}
+    try:
+        # One unmeasured round of each warms the node's page cache for both images.
+        run_buildjob(custom, core, ns, "warm-up")
+        run_baseline(core, ns, "warm-up")
+        for i in range(rounds):
+            results["BuildJob"].append(run_buildjob(custom, core, ns, f"round-{i:02d}"))
+            results["baseline"].append(run_baseline(core, ns, f"baseline-{i:02d}"))
+            print(f"round {i}: {results['BuildJob'][-1]} / {results['baseline'][-1]}", flush=True)
+    finally:
+        op.stop()
+        core.delete_namespace(ns)
+    rows: list[tuple[str, str, str]] = []
+    targets = {("BuildJob", "engine Ready"): "p50 <= 3 s, p99 <= 6 s"}
+    for kind, runs in results.items():
+        for milestone in MILESTONES:
+            values = [r[milestone] for r in runs]
+            rows.append(
+                (
+                    f"{kind}: created -> {milestone} (p50 / p95 / p99)",
+                    " / ".join(f"{percentile(values, p):.2f} s" for p in (50, 95, 99)),
+                    targets.get((kind, milestone), "-"),
+                )
+            )
+    ratio = percentile([r["done"] for r in results["BuildJob"]], 50) / percentile(
+        [r["done"] for r in results["baseline"]], 50
+    )
+    rows.append(("end to end, BuildJob / baseline (p50)", f"{ratio:.2f}x", "<= 1.2x"))
+    notes = [
+        f"{rounds} rounds, each a BuildJob then the baseline pod, one at a time, "
+        f"on the single-node cluster at {NODE_IP}.",
+        *(
+            f"{kind} {milestone}: {describe([r[milestone] for r in runs])}"
+            for kind, runs in results.items()
+            for milestone in MILESTONES
+        ),
+    ]
+    report("Latency on the real cluster", rows, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
