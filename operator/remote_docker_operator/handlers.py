@@ -16,6 +16,7 @@ from .kube import Kube, Obj, load_config
 from .reconcile import ACTIVE_PHASES, Reconciler
 
 SETTINGS = get_settings()
+WORKERS = 16
 _state: dict[str, Reconciler] = {}
 
 
@@ -40,13 +41,13 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
     # Only our own pods, filtered by the API server rather than in this process.
     settings.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED_BY}={names.APP}"
     # Reconciles mostly wait on the API server; more threads than cores keeps throughput up.
-    settings.execution.max_workers = 16
+    settings.execution.max_workers = WORKERS
     settings.peering.standalone = True
     # The CRD is installed before the operator (Helm's crds/); watching every CRD in the
     # cluster for new resources would only cost an RBAC rule.
     settings.scanning.disabled = True
 
-    load_config()
+    load_config(pool_size=WORKERS)
     rec = Reconciler(Kube(), SETTINGS, post_event)
     # Know every BuildJob before admitting any, so the queue's limit and order hold at once.
     for body in rec.kube.list(names.KIND):

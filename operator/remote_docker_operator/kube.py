@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient
+from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
 from . import names
@@ -171,9 +171,15 @@ def _ref(meta: Obj) -> str:
     return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta["name"])
 
 
-def load_config() -> None:
-    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube)."""
+def load_config(pool_size: int) -> None:
+    """In-cluster config when running in a pod, else the kubeconfig (KUBECONFIG or ~/.kube).
+
+    pool_size: connections kept open to the API server; at least one per worker thread, or
+    every burst opens (and TLS-handshakes) new ones and discards them."""
     try:
         kubernetes.config.load_incluster_config()  # type: ignore[no-untyped-call]
     except kubernetes.config.ConfigException:
         kubernetes.config.load_kube_config()  # type: ignore[no-untyped-call]
+    config = Configuration.get_default_copy()
+    config.connection_pool_maxsize = pool_size
+    Configuration.set_default(config)

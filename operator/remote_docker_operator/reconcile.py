@@ -166,8 +166,9 @@ class Reconciler:
             )
             return
         try:
-            # Stored under the lock, so a read in flight never overwrites a newer event.
-            if pod_event is not None:
+            # Stored under the lock, so a read in flight never overwrites a newer event; a
+            # finished BuildJob reads its pods no more.
+            if pod_event is not None and state.phase not in TERMINAL_PHASES:
                 name = pod_event["metadata"]["name"]
                 state.pods[name] = None if pod_event.get("deleted") else pod_event
             if state.deleting or state.gone:
@@ -454,6 +455,7 @@ class Reconciler:
                 self.kube.delete("Pod", ns, names.JOB_POD, grace_period_seconds=0)
             failpoints.reached("finished")
             state.cleaned = True
+            state.pods.clear()
         if state.status.get("cleanedUp") or state.target is None:
             return
         finished = st.parse_time(state.status.get("completionTime"))
