@@ -86,7 +86,7 @@ def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
         if owner is None or owner["metadata"]["uid"] != uid:
             return  # its BuildJob is gone; the namespace goes with it
         state = rec.observe(owner)
-    rec.reconcile(state, pod_event={**body, "deleted": type == "DELETED"})
+    rec.reconcile(state, pod_event=dict(body), pod_deleted=type == "DELETED")
 
 
 @kopf.timer(

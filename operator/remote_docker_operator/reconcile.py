@@ -152,9 +152,13 @@ class Reconciler:
     # -- the reconcile loop -------------------------------------------------------------------
 
     def reconcile(
-        self, state: JobState, drift_check: bool = False, pod_event: Obj | None = None
+        self,
+        state: JobState,
+        drift_check: bool = False,
+        pod_event: Obj | None = None,
+        pod_deleted: bool = False,
     ) -> None:
-        """pod_event: the body a pod event brought ({"deleted": True, ...} when it went)."""
+        """pod_event: the body a pod event brought (pod_deleted: the event said it went)."""
         # Another trigger is already converging this BuildJob; a waiting thread would only
         # repeat its work. (API calls time out, so a holder never keeps the lock for long.)
         if not state.lock.acquire(timeout=LOCK_WAIT_SECONDS):
@@ -169,8 +173,7 @@ class Reconciler:
             # Stored under the lock, so a read in flight never overwrites a newer event; a
             # finished BuildJob reads its pods no more.
             if pod_event is not None and state.phase not in TERMINAL_PHASES:
-                name = pod_event["metadata"]["name"]
-                state.pods[name] = None if pod_event.get("deleted") else pod_event
+                state.pods[pod_event["metadata"]["name"]] = None if pod_deleted else pod_event
             if state.deleting or state.gone:
                 return
             try:
