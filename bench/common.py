@@ -1,10 +1,8 @@
 """What both benchmarks share: BuildJob progress seen through a watch, percentiles, the table."""
 
 import datetime
-import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
@@ -32,7 +30,6 @@ class Progress:
     def __init__(self, client: ApiClient) -> None:
         self.api = CustomObjectsApi(client)
         self.seen: dict[str, dict[str, float]] = {}
-        self.objects: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -43,7 +40,6 @@ class Progress:
         uid = obj["metadata"]["uid"]
         status = obj.get("status") or {}
         with self._lock:
-            self.objects[uid] = obj
             marks = self.seen.setdefault(uid, {})
             cleaned = "cleanedUp" if status.get("cleanedUp") else None
             for milestone in (status.get("phase"), cleaned):
@@ -141,9 +137,4 @@ def report(title: str, rows: list[tuple[str, str, str]], notes: list[str]) -> st
     path = RESULTS / f"{title.lower().replace(' ', '-')}.md"
     path.write_text(text)
     print(f"written to {path}")
-    (RESULTS / f"{path.stem}.json").write_text(json.dumps({"rows": rows, "notes": notes}))
     return text
-
-
-def stats(values: list[float]) -> tuple[float, float]:
-    return statistics.median(values), percentile(values, 95)

@@ -113,8 +113,8 @@ def container(pod: Any, name: str, init: bool = False) -> Any:
 
 
 def started(pod: Any, name: str) -> bool:
-    state = container(pod, name).state if pod and container(pod, name) else None
-    return bool(state and (state.running or state.terminated))
+    status = container(pod, name) if pod else None
+    return bool(status and (status.state.running or status.state.terminated))
 
 
 def follow(checks: Callable[[], dict[str, bool]], timeout: float = 300) -> dict[str, float]:
