@@ -19,7 +19,7 @@ help:
 	@echo "make test-unit         unit tests only (seconds)"
 	@echo "make test-integration  against a real kube-apiserver with kwok"
 	@echo "make test-e2e          on a real single-node cluster where pods run"
-	@echo "make crds              regenerate crds/ (and the chart's copy) from the pydantic models"
+	@echo "make crds              regenerate crds/ (and the chart's copies) from the pydantic models"
 	@echo "make lint              ruff and mypy --strict"
 	@echo "make bench             both benchmarks below; tables in .artifacts/bench/"
 	@echo "make bench-latency     BuildJob vs a dind-sidecar pod on the real local cluster"
@@ -44,8 +44,8 @@ images: deps
 	$(PY) images/build.py >/dev/null
 
 crds: venv
-	$(PY) -m remote_docker_operator.crd crds/buildjobs.remotedocker.dev.yaml \
-	  charts/remote-docker-operator/crds/buildjobs.remotedocker.dev.yaml
+	$(PY) -m remote_docker_operator.crd crds charts/remote-docker-operator/crds \
+	  --values-schema charts/remote-docker-operator/values.schema.json
 
 lint: venv
 	$(VENV)/bin/ruff check .

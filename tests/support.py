@@ -1,5 +1,6 @@
 """Helpers shared by the integration and e2e tiers: the operator process, waiting, BuildJobs."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,14 +10,60 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from remote_docker_operator import names
+from remote_docker_operator import classes, names
+from remote_docker_operator.builders import Target
+from remote_docker_operator.config import Settings
+from remote_docker_operator.models import BuildJobSpec, EngineClassSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("RDO_ARTIFACTS", ROOT / ".artifacts"))
 T = TypeVar("T")
+DEFAULT_CLASS_SPEC: dict[str, Any] = {"image": "docker:27-dind"}
+
+
+def make_target(
+    spec: dict[str, Any] | None = None,
+    engine_class: dict[str, Any] | None = None,
+    uid: str = "0b5e6a52-2f9e-4c56-9a1d-7d3c2c1e9f00",
+    name: str = "app-build",
+    namespace: str = "ci",
+    **settings: Any,
+) -> Target:
+    """A BuildJob (ci/app-build unless named) as the builders see it, resolved against a class
+    "standard" (`engine_class` as its spec)."""
+    parsed = BuildJobSpec.model_validate(
+        spec
+        or {"job": {"image": "docker:27-cli", "command": ["sh", "-c"], "args": ["docker version"]}}
+    )
+    cls = EngineClassSpec.model_validate(engine_class or DEFAULT_CLASS_SPEC)
+    config = Settings(**settings)
+    engine = classes.resolve("standard", cls, parsed, "ci", {})
+    return Target(
+        "app-build",
+        "ci",
+        uid,
+        parsed,
+        config,
+        names.job_namespace(config.namespace_prefix, uid),
+        engine,
+    )
+
+
+def engine_class(name: str, spec: dict[str, Any], default: bool = False) -> dict[str, Any]:
+    """An EngineClass object."""
+    meta: dict[str, Any] = {"name": name}
+    if default:
+        meta["annotations"] = {names.ANNOTATION_DEFAULT_CLASS: "true"}
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.CLASS_KIND,
+        "metadata": meta,
+        "spec": spec,
+    }
 
 
 def wait_for(
@@ -181,10 +228,76 @@ class Kube:
         return [(e.type, e.reason) for e in events]
 
 
-def operator_for(cluster: Any, env: dict[str, str]) -> Iterator[OperatorProcess]:
+def operator_for(
+    cluster: Any, env: dict[str, str], kubeconfig: Path | None = None
+) -> Iterator[OperatorProcess]:
     """The body of each tier's session-scoped `operator` fixture (each tier has its own
     cluster, so each needs its own fixture: pytest keeps one value per fixture definition)."""
-    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator.log", **env)
+    op = OperatorProcess(kubeconfig or cluster.kubeconfig, cluster.logs / "operator.log", **env)
     op.start()
     yield op
     op.stop()
+
+
+# -- the operator as the chart installs it ---------------------------------------------------
+
+CHART = ROOT / "charts" / "remote-docker-operator"
+RELEASE = "rdo"
+RELEASE_NAMESPACE = "rdo-system"
+# What the tests install of the chart: the operator's identity, rights and admission policies and
+# the aggregated roles (the operator itself runs as a process).
+CHART_TEMPLATES = (
+    "serviceaccount.yaml",
+    "clusterrole.yaml",
+    "clusterrolebinding.yaml",
+    "aggregate-role-edit.yaml",
+    "aggregate-role-view.yaml",
+    "policy-buildjob-class.yaml",
+    "policy-buildjob-class-binding.yaml",
+    "policy-operator-guard.yaml",
+    "policy-operator-guard-binding.yaml",
+    "policy-job-namespaces.yaml",
+    "policy-job-namespaces-binding.yaml",
+)
+
+
+def render_chart_identity(helm: Path, spec: dict[str, Any]) -> str:
+    """The chart's templates above, and the default class "standard" with exactly this spec
+    (not the chart's template: Helm would merge the spec into the chart's default values)."""
+    args = [str(helm), "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
+    for template in CHART_TEMPLATES:
+        args += ["--show-only", f"templates/{template}"]
+    rendered = subprocess.run(args, check=True, text=True, capture_output=True).stdout
+    return rendered + "\n---\n" + yaml.safe_dump(engine_class("standard", spec, default=True))
+
+
+def install_chart_identity(
+    cluster: Any, helm: Path, engine_class: dict[str, Any], token_file: Path
+) -> Path:
+    """Applies the chart's ServiceAccount, RBAC, policies and default class (`engine_class` as
+    its spec) and returns a kubeconfig that authenticates as that ServiceAccount, so the
+    operator under test has exactly the chart's rights, never an admin's."""
+    rendered = render_chart_identity(helm, engine_class)
+    cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
+    cluster.kubectl("apply", "-f", "-", input=rendered)
+    sa_name = next(
+        doc["metadata"]["name"]
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "ServiceAccount"
+    )
+    token = cluster.kubectl(
+        "create", "token", sa_name, "-n", RELEASE_NAMESPACE, "--duration=48h"
+    ).stdout.strip()
+    token_file.write_text(token)
+    config = json.loads(cluster.kubeconfig.read_text())
+    config["users"] = [{"name": sa_name, "user": {"tokenFile": str(token_file)}}]
+    config["contexts"][0]["context"]["user"] = sa_name
+    path = token_file.with_suffix(".kubeconfig")
+    path.write_text(json.dumps(config, indent=1))
+    return path
+
+
+def uninstall_chart_identity(cluster: Any, helm: Path, engine_class: dict[str, Any]) -> None:
+    """Removes what install_chart_identity applied (so a real `helm install` can own it)."""
+    rendered = render_chart_identity(helm, engine_class)
+    cluster.kubectl("delete", "--ignore-not-found", "--wait", "-f", "-", input=rendered)

@@ -10,8 +10,9 @@ from typing import Any
 
 from . import names
 from .certs import TLSBundle
+from .classes import Engine
 from .config import Settings
-from .models import BuildJobSpec, Resources
+from .models import BuildJobSpec
 
 Manifest = dict[str, Any]
 
@@ -21,22 +22,22 @@ DNS_PEER: Manifest = {
     "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}},
 }
 SERVER_CERT_DIR = "/certs/server"
+POD_DEADLINE_MARGIN_SECONDS = 120
 DOCKER_CONFIG_DIR = "/docker-config"
 
 
 @dataclass(frozen=True)
 class Target:
-    """A BuildJob as the builders need it: who it is, what it asks for, where it lives."""
+    """A BuildJob as the builders need it: who it is, what it asks for, where it lives, and the
+    engine its class gives it."""
 
     name: str
     namespace: str
     uid: str
     spec: BuildJobSpec
     settings: Settings
-
-    @property
-    def job_namespace(self) -> str:
-        return names.job_namespace(self.settings.namespace_prefix, self.uid)
+    job_namespace: str
+    engine: Engine
 
     @property
     def engine_host(self) -> str:
@@ -47,17 +48,15 @@ class Target:
         return f"tcp://{self.engine_host}:{names.ENGINE_PORT}"
 
     @property
-    def engine_image(self) -> str:
-        engine = self.spec.engine
-        if engine.image:
-            return engine.image
-        version = engine.version or self.settings.engine_version
-        settings = self.settings
-        return f"{settings.engine_image_repository}:{version}{settings.engine_image_suffix}"
-
-    @property
     def deadline_seconds(self) -> int:
         return self.spec.active_deadline_seconds or self.settings.default_deadline_seconds
+
+    @property
+    def pod_deadline_seconds(self) -> int:
+        """The pods' own activeDeadlineSeconds: the kubelet ends them even while the operator
+        is down. A margin past the BuildJob's deadline, so the operator normally ends them
+        first and reports why."""
+        return self.deadline_seconds + POD_DEADLINE_MARGIN_SECONDS
 
     @property
     def ttl_seconds(self) -> int:
@@ -83,12 +82,61 @@ def _meta(t: Target, name: str, component: str | None = None) -> Manifest:
 
 def build_namespace(t: Target) -> Manifest:
     labels = owner_labels(t)
+    labels[names.LABEL_ENGINE_CLASS] = t.engine.class_name
     # dind needs a privileged pod; the job pod itself stays within "restricted" but runAsNonRoot.
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
     return {
         "apiVersion": "v1",
         "kind": "Namespace",
         "metadata": {"name": t.job_namespace, "labels": labels},
+    }
+
+
+# What a job namespace ever holds: two pods, one Service, the TLS pair, up to 8 pull secrets and
+# a docker config. The quota (made once all of those exist) makes anything more fail, whoever
+# tries: the namespace cannot be turned into a foothold.
+QUOTA_HARD: Manifest = {
+    "pods": "2",
+    "services": "1",
+    "services.loadbalancers": "0",
+    "services.nodeports": "0",
+    "secrets": "11",
+    "configmaps": "1",  # kube-root-ca.crt, which Kubernetes puts in every namespace
+    "persistentvolumeclaims": "0",
+    "replicationcontrollers": "0",
+    "resourcequotas": "1",
+}
+
+
+def build_quota(t: Target) -> Manifest:
+    return {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": _meta(t, names.QUOTA),
+        "spec": {"hard": dict(QUOTA_HARD)},
+    }
+
+
+def build_limit_range(t: Target) -> Manifest | None:
+    """The class's CPU and memory bounds on every container of the namespace (the job's too:
+    it shares the engine's node budget); None when the class sets no maximum."""
+    most = t.engine.resource_max
+    if not most:
+        return None
+    return {
+        "apiVersion": "v1",
+        "kind": "LimitRange",
+        "metadata": _meta(t, names.LIMIT_RANGE),
+        "spec": {
+            "limits": [
+                {
+                    "type": "Container",
+                    "max": dict(most),
+                    "default": dict(most),
+                    "defaultRequest": dict(t.engine.default_request),
+                }
+            ]
+        },
     }
 
 
@@ -121,7 +169,7 @@ _DNS_RULE: Manifest = {
 
 def build_network_policies(t: Target) -> list[Manifest]:
     """Default deny; job -> engine on 2376 only; DNS; internet egress minus the denied CIDRs."""
-    internet = {"to": _internet_peers(t.settings.denied_cidrs)}
+    internet = {"to": _internet_peers(list(t.engine.denied_cidrs))}
 
     def policy(name: str, spec: Manifest) -> Manifest:
         return {
@@ -232,14 +280,30 @@ def build_client_secret(t: Target, tls: TLSBundle) -> Manifest:
     )
 
 
+# Secret types that hold registry credentials, each with its one key; nothing else is copied.
+DOCKER_CONFIG_TYPES = ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")
+_REGISTRY_KEYS = {
+    "kubernetes.io/dockerconfigjson": ".dockerconfigjson",
+    "kubernetes.io/dockercfg": ".dockercfg",
+}
+
+
+def registry_key(source: Manifest) -> str | None:
+    """The registry-credential key of a pull secret, if it is one and has it."""
+    key = _REGISTRY_KEYS.get(str(source.get("type")))
+    return key if key and key in (source.get("data") or {}) else None
+
+
 def build_secret_copy(t: Target, source: Manifest, name: str) -> Manifest:
-    """A copy of a user's secret (pull secret or docker config) inside the job namespace."""
+    """A copy of a user's registry credentials (pull secret or docker config) inside the job
+    namespace: its type and its one credential key, nothing else the Secret may hold."""
+    key = registry_key(source)
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _meta(t, name),
-        "type": source.get("type", "Opaque"),
-        "data": dict(source.get("data") or {}),
+        "type": source["type"],
+        "data": {key: source["data"][key]} if key else {},
     }
 
 
@@ -269,14 +333,10 @@ def build_engine_service(t: Target) -> Manifest:
     }
 
 
-def _resources(resources: Resources | None) -> Manifest:
-    return resources.model_dump(exclude_none=True) if resources else {}
-
-
 def dockerd_args(t: Target) -> list[str]:
     """dockerd flags given in full, so the official docker:NN-dind image and a plain Debian
     dockerd behave alike: TLS on 2376 only, never the unauthenticated 2375."""
-    engine = t.spec.engine
+    engine = t.engine
     args = [
         f"--host=tcp://0.0.0.0:{names.ENGINE_PORT}",
         "--tlsverify",
@@ -284,16 +344,23 @@ def dockerd_args(t: Target) -> list[str]:
         f"--tlscert={SERVER_CERT_DIR}/cert.pem",
         f"--tlskey={SERVER_CERT_DIR}/key.pem",
     ]
-    args += [f"--registry-mirror={m}" for m in engine.registry_mirrors or []]
-    args += [f"--insecure-registry={r}" for r in engine.insecure_registries or []]
+    args += [f"--registry-mirror={m}" for m in engine.registry_mirrors]
+    args += [f"--insecure-registry={r}" for r in engine.insecure_registries]
+    args += [f"--default-address-pool=base={b},size={n}" for b, n in engine.address_pools]
     if engine.mtu:
         args.append(f"--mtu={engine.mtu}")
     return args
 
 
 # The official image wraps dockerd in its `dind` script (cgroup and mount set-up); Debian's
-# dockerd has no such script and needs none on the nodes where it runs.
-_DIND_LAUNCHER = 'if command -v dind >/dev/null; then exec dind dockerd "$@"; fi; exec dockerd "$@"'
+# dockerd has no such script and needs none on the nodes where it runs. Unless the MTU is set,
+# Docker's networks take the pod interface's: Docker's default 1500 is too big on an overlay
+# network, where large packets from the engine's containers would vanish.
+_DIND_LAUNCHER = (
+    'if [ -n "$MTU_FROM" ] && [ -r "/sys/class/net/$MTU_FROM/mtu" ]; then '
+    'set -- "$@" "--mtu=$(cat "/sys/class/net/$MTU_FROM/mtu")"; fi; '
+    'if command -v dind >/dev/null; then exec dind dockerd "$@"; fi; exec dockerd "$@"'
+)
 
 # The engine's own server keypair doubles as the probe's client keypair (its certificate carries
 # clientAuth too), so the probe proves a full mutual-TLS round trip without the job's keys.
@@ -311,14 +378,17 @@ _READY_COMMAND = [
 
 
 def build_engine_pod(t: Target) -> Manifest:
-    engine = t.spec.engine
+    engine = t.engine
+    # Keep the official entrypoint's certificate generation out of the way.
+    env = [{"name": "DOCKER_TLS_CERTDIR", "value": ""}]
+    if not engine.mtu:
+        env.append({"name": "MTU_FROM", "value": "eth0"})
     container: Manifest = {
         "name": names.ENGINE_CONTAINER,
-        "image": t.engine_image,
+        "image": engine.image,
         "command": ["sh", "-c", _DIND_LAUNCHER, "dockerd"],
         "args": dockerd_args(t),
-        # Keep the official entrypoint's certificate generation out of the way.
-        "env": [{"name": "DOCKER_TLS_CERTDIR", "value": ""}],
+        "env": env,
         "ports": [{"name": "docker-tls", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
         "securityContext": {"privileged": True},
         "readinessProbe": {
@@ -327,7 +397,7 @@ def build_engine_pod(t: Target) -> Manifest:
             "timeoutSeconds": 5,
             "failureThreshold": 3,
         },
-        "resources": _resources(engine.resources),
+        "resources": dict(engine.resources),
         "volumeMounts": [
             {"name": "docker-data", "mountPath": "/var/lib/docker"},
             {"name": "engine-tls", "mountPath": SERVER_CERT_DIR, "readOnly": True},
@@ -340,16 +410,15 @@ def build_engine_pod(t: Target) -> Manifest:
         "kind": "Pod",
         "metadata": _meta(t, names.ENGINE_POD, names.COMPONENT_ENGINE),
         "spec": {
+            **engine.placement,
             "restartPolicy": "Never",
+            "activeDeadlineSeconds": t.pod_deadline_seconds,
             "automountServiceAccountToken": False,
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": 10,
             "containers": [container],
             "volumes": [
-                {
-                    "name": "docker-data",
-                    "emptyDir": {"sizeLimit": engine.storage or t.settings.engine_storage},
-                },
+                {"name": "docker-data", "emptyDir": {"sizeLimit": engine.storage}},
                 {
                     "name": "engine-tls",
                     "secret": {"secretName": names.ENGINE_TLS_SECRET, "defaultMode": 0o400},
@@ -377,27 +446,70 @@ UNPRIVILEGED: Manifest = {
 WAIT_FOR_ENGINE_SECONDS = 600
 
 
+# The wait container's exit code when a destination the policies deny answered: NetworkPolicy is
+# not enforced on this cluster. A new pod's rules are programmed a moment after it starts, so a
+# destination must stay reachable through PROBE_RETRIES tries, a second apart, to count.
+PROBE_REACHABLE_EXIT = 3
+PROBE_RETRIES = 30
+
+# Whether host:port answers a TCP connection, with the only client every engine image has: the
+# docker CLI, without TLS. Anything but "cannot connect" (a TLS or HTTP error from the server)
+# means a connection was made; a dropped packet runs into the timeout.
+_REACHABLE = (
+    "reachable() { out=$(env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH timeout 2 "
+    'docker --host "tcp://$1" version 2>&1); [ $? -ge 124 ] && return 1; '
+    'case "$out" in *"Cannot connect"*|*"connection refused"*|*"no route to host"*'
+    '|*"i/o timeout"*|*"network is unreachable"*) return 1;; esac; return 0; }; '
+)
+
+
+def _probe_script(targets: tuple[str, ...]) -> str:
+    """Defines probe(): returns PROBE_REACHABLE_EXIT if a target stays reachable."""
+    listed = " ".join(targets) or (
+        # The API server through the kubernetes Service, which every pod is told of.
+        '"$(case $KUBERNETES_SERVICE_HOST in *:*) echo "[$KUBERNETES_SERVICE_HOST]";; '
+        '*) echo "$KUBERNETES_SERVICE_HOST";; esac):$KUBERNETES_SERVICE_PORT"'
+    )
+    return (
+        _REACHABLE
+        + f'probe() {{ for target in {listed}; do n=0; while reachable "$target"; do '
+        + f'n=$((n+1)); if [ $n -ge {PROBE_RETRIES} ]; then echo "NetworkPolicy is not '
+        + 'enforced: $target, which the policies deny, answered from the job pod" >&2; '
+        + f"return {PROBE_REACHABLE_EXIT}; fi; sleep 1; done; done; }}; "
+    )
+
+
 def _wait_for_engine(t: Target) -> Manifest:
     """An init container that holds the job back until a mutual-TLS call to the engine succeeds
     from inside the job pod: the engine being Ready does not mean this new pod's traffic is
     already allowed (a NetworkPolicy controller programs a new pod's rules a moment after it
-    starts) or that its DNS works. It runs the engine image, which has the docker CLI."""
-    script = (
-        f"for i in $(seq {WAIT_FOR_ENGINE_SECONDS * 2}); do "
-        "docker version >/dev/null 2>&1 && exit 0; sleep 0.5; done; "
-        'echo "engine $DOCKER_HOST unreachable over mutual TLS" >&2; exit 1'
+    starts) or that its DNS works. It runs the engine image, which has the docker CLI. Unless
+    the class turns it off, it proves meanwhile that what the policies deny is unreachable."""
+    script = ""
+    if t.engine.probe_targets is not None:
+        script += _probe_script(t.engine.probe_targets) + "probe & prober=$!; "
+    script += (
+        f"ok=; for i in $(seq {WAIT_FOR_ENGINE_SECONDS * 2}); do "
+        "docker version >/dev/null 2>&1 && ok=1 && break; sleep 0.5; done; "
+        '[ -n "$ok" ] || { echo "engine $DOCKER_HOST unreachable over mutual TLS" >&2; exit 1; }; '
     )
+    if t.engine.probe_targets is not None:
+        script += 'wait "$prober" || exit $?; '
+    script += "exit 0"
     container: Manifest = {
         "name": names.WAIT_CONTAINER,
-        "image": t.engine_image,
+        "image": t.engine.image,
         "command": ["sh", "-c", script],
         "env": _client_env(),
         "volumeMounts": [{"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
         "securityContext": UNPRIVILEGED,
+        # Its last words (which destination answered, which engine did not) become the
+        # terminated state's message, and so the BuildJob's.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
-    if t.spec.engine.image_pull_policy:
-        container["imagePullPolicy"] = t.spec.engine.image_pull_policy
+    if t.engine.image_pull_policy:
+        container["imagePullPolicy"] = t.engine.image_pull_policy
     return container
 
 
@@ -436,7 +548,7 @@ def build_job_pod(t: Target) -> Manifest:
         "name": names.JOB_CONTAINER,
         "image": job.image,
         "env": env,
-        "resources": _resources(job.resources),
+        "resources": job.resources.model_dump(exclude_none=True) if job.resources else {},
         "volumeMounts": mounts,
         "securityContext": UNPRIVILEGED,
     }
@@ -452,6 +564,7 @@ def build_job_pod(t: Target) -> Manifest:
     container.update({k: v for k, v in optional.items() if v is not None})
     spec: Manifest = {
         "restartPolicy": "Never",
+        "activeDeadlineSeconds": t.pod_deadline_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "initContainers": [_wait_for_engine(t)],

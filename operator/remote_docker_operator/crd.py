@@ -1,26 +1,30 @@
-"""Generates the BuildJob CRD from the pydantic models.
+"""Generates the CRDs (BuildJob, EngineClass) from the pydantic models.
 
-`python -m remote_docker_operator.crd FILE...` writes the CRD to each FILE; a unit test fails when
-a committed copy differs from what this module generates.
+`python -m remote_docker_operator.crd DIR...` writes every CRD into each DIR; a unit test fails
+when a committed copy differs from what this module generates.
 """
 
+import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from . import names
-from .models import BuildJob
+from .models import BuildJob, EngineClass
 
 # Keys pydantic emits that a structural CRD schema must not have (defaults are left out on
 # purpose: the operator applies them, so stored objects stay exactly as the user wrote them).
 _DROPPED = frozenset({"title", "default"})
 
-PRINTER_COLUMNS: list[dict[str, Any]] = [
+BUILDJOB_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
     {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
     {"name": "Exit", "type": "integer", "jsonPath": ".status.exitCode"},
+    {"name": "Class", "type": "string", "jsonPath": ".status.engineClass"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Duration", "type": "string", "jsonPath": ".status.duration"},
     {
@@ -31,6 +35,68 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Namespace", "type": "string", "priority": 1, "jsonPath": ".status.namespace"},
 ]
+ENGINECLASS_COLUMNS: list[dict[str, Any]] = [
+    {
+        "name": "Default",
+        "type": "string",
+        "jsonPath": ".metadata.annotations." + names.ANNOTATION_DEFAULT_CLASS.replace(".", "\\."),
+    },
+    {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
+    {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtimeClassName"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One custom resource: its names, its model and what kubectl shows of it."""
+
+    kind: str
+    plural: str
+    short_names: tuple[str, ...]
+    scope: str
+    model: type[BaseModel]
+    description: str
+    columns: list[dict[str, Any]]
+    status: bool
+    rules: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.plural}.{names.GROUP}"
+
+
+RESOURCES = (
+    Resource(
+        names.KIND,
+        names.PLURAL,
+        names.SHORT_NAMES,
+        "Namespaced",
+        BuildJob,
+        "A CI job run against its own isolated remote Docker engine, in a namespace of its own.",
+        BUILDJOB_COLUMNS,
+        status=True,
+        # The name is copied into label values on every child object, which hold 63 characters.
+        rules=[
+            {
+                "rule": "size(self.metadata.name) <= 63",
+                "message": "metadata.name: must be no more than 63 characters "
+                "(it is used as a label value)",
+            }
+        ],
+    ),
+    Resource(
+        names.CLASS_KIND,
+        names.CLASS_PLURAL,
+        names.CLASS_SHORT_NAMES,
+        "Cluster",
+        EngineClass,
+        "What a Docker engine may be and do, decided by the platform admin: image, placement, "
+        "runtime, resources, storage, who may use it and where its engines may connect.",
+        ENGINECLASS_COLUMNS,
+        status=False,
+    ),
+)
 
 
 def _structural(node: Any, defs: dict[str, Any]) -> Any:
@@ -59,6 +125,13 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         node["enum"] = [node.pop("const")]
     if node.get("additionalProperties") is False:
         del node["additionalProperties"]
+    # A dict keyed by a Literal: pydantic lists the keys as propertyNames, which CRDs lack.
+    if isinstance(node.get("propertyNames"), dict):
+        keys = node.pop("propertyNames").get("enum")
+        if keys:
+            node.setdefault("x-kubernetes-validations", []).append(
+                {"rule": f"self.all(k, k in {keys!r})", "message": f"keys must be among {keys}"}
+            )
     out: dict[str, Any] = {}
     for key, value in node.items():
         if key in _DROPPED:
@@ -73,70 +146,94 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
     return out
 
 
-def openapi_schema() -> dict[str, Any]:
-    raw = BuildJob.model_json_schema(by_alias=True, mode="validation")
+def openapi_schema(resource: Resource = RESOURCES[0]) -> dict[str, Any]:
+    raw = resource.model.model_json_schema(by_alias=True, mode="validation")
     defs = raw.pop("$defs", {})
     schema: dict[str, Any] = _structural(raw, defs)
-    schema.pop("description", None)
-    schema["description"] = (
-        "A CI job run against its own isolated remote Docker engine, in a namespace of its own."
-    )
-    # The name is copied into label values on every child object, and those hold 63 characters.
-    schema["x-kubernetes-validations"] = [
-        {
-            "rule": "size(self.metadata.name) <= 63",
-            "message": "metadata.name: must be no more than 63 characters "
-            "(it is used as a label value)",
-        }
-    ]
+    schema["description"] = resource.description
+    if resource.rules:
+        schema["x-kubernetes-validations"] = resource.rules
     return schema
 
 
-def build_crd() -> dict[str, Any]:
+def build_crd(resource: Resource = RESOURCES[0]) -> dict[str, Any]:
+    version: dict[str, Any] = {
+        "name": names.VERSION,
+        "served": True,
+        "storage": True,
+        "schema": {"openAPIV3Schema": openapi_schema(resource)},
+    }
+    if resource.status:
+        version["subresources"] = {"status": {}}
+    version["additionalPrinterColumns"] = resource.columns
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{names.PLURAL}.{names.GROUP}",
-            "labels": {"app.kubernetes.io/name": names.APP},
-        },
+        "metadata": {"name": resource.name, "labels": {"app.kubernetes.io/name": names.APP}},
         "spec": {
             "group": names.GROUP,
-            "scope": "Namespaced",
+            "scope": resource.scope,
             "names": {
-                "kind": names.KIND,
-                "listKind": f"{names.KIND}List",
-                "singular": names.SINGULAR,
-                "plural": names.PLURAL,
-                "shortNames": list(names.SHORT_NAMES),
-                "categories": ["all"],
+                "kind": resource.kind,
+                "listKind": f"{resource.kind}List",
+                "singular": resource.kind.lower(),
+                "plural": resource.plural,
+                "shortNames": list(resource.short_names),
+                **({"categories": ["all"]} if resource.scope == "Namespaced" else {}),
             },
-            "versions": [
-                {
-                    "name": names.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                }
-            ],
+            "versions": [version],
         },
     }
 
 
-def render() -> str:
+def render(resource: Resource = RESOURCES[0]) -> str:
     header = "# Generated by `python -m remote_docker_operator.crd` from models.py. Do not edit.\n"
-    return header + yaml.safe_dump(build_crd(), sort_keys=False, width=100)
+    return header + yaml.safe_dump(build_crd(resource), sort_keys=False, width=100)
+
+
+def files() -> dict[str, str]:
+    """File name -> content of every CRD."""
+    return {f"{r.name}.yaml": render(r) for r in RESOURCES}
+
+
+def _closed(node: Any) -> Any:
+    """A CRD schema as a Helm values schema: objects with declared properties refuse unknown
+    keys (the API server would prune them silently); open structures stay open."""
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _closed(v) for k, v in node.items()}
+    if "properties" in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def engine_class_values_schema() -> dict[str, Any]:
+    """The chart's `engineClass.spec` values schema: the EngineClass CRD's own spec schema."""
+    spec: dict[str, Any] = _closed(openapi_schema(RESOURCES[1])["properties"]["spec"])
+    return spec
+
+
+def values_schema(path: Path) -> str:
+    """The chart's values.schema.json with engineClass.spec generated."""
+    schema = json.loads(path.read_text())
+    schema["properties"]["engineClass"]["properties"]["spec"] = engine_class_values_schema()
+    return json.dumps(schema, indent=2) + "\n"
 
 
 def main(argv: list[str]) -> int:
-    text = render()
-    for path in argv or ["-"]:
-        if path == "-":
-            sys.stdout.write(text)
-        else:
-            Path(path).write_text(text)
+    """DIR... [--values-schema FILE]: writes every CRD into each DIR, and the EngineClass spec
+    into the chart's values schema."""
+    directories, schema = argv, None
+    if "--values-schema" in argv:
+        at = argv.index("--values-schema")
+        directories, schema = argv[:at] + argv[at + 2 :], Path(argv[at + 1])
+    for directory in directories:
+        for name, text in files().items():
+            (Path(directory) / name).write_text(text)
+    if schema is not None:
+        schema.write_text(values_schema(schema))
     return 0
 
 

@@ -49,10 +49,15 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
 
     load_config(pool_size=WORKERS)
     rec = Reconciler(Kube(), SETTINGS, post_event)
-    # Know every BuildJob before admitting any, so the queue's limit and order hold at once.
+    # Know every class, every job namespace and every BuildJob before admitting any, so the
+    # queue's limits and order hold at once and no BuildJob is resolved against a class not
+    # seen yet.
+    for body in rec.kube.list(names.CLASS_KIND):
+        rec.classes[body["metadata"]["name"]] = body
+    managed = rec.load_namespaces()
     for body in rec.kube.list(names.KIND):
         rec.observe(body)
-    for namespace in rec.sweep_orphans():
+    for namespace in rec.sweep_orphans(managed):
         logger.info("Deleted orphaned namespace %s", namespace)
     _state["reconciler"] = rec
 
@@ -73,20 +78,17 @@ def buildjob_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 @kopf.on.event("v1", "pods", labels={names.LABEL_MANAGED_BY: names.APP})
 def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    rec = reconciler()
-    labels = body.metadata.labels
-    uid = labels.get(names.LABEL_OWNER_UID, "")
-    state = rec.jobs.get(uid)
-    if state is None:
-        owner = rec.kube.get(
-            names.KIND,
-            labels.get(names.LABEL_OWNER_NAMESPACE, ""),
-            labels.get(names.LABEL_OWNER_NAME, ""),
-        )
-        if owner is None or owner["metadata"]["uid"] != uid:
-            return  # its BuildJob is gone; the namespace goes with it
-        state = rec.observe(owner)
-    rec.reconcile(state, pod_event=dict(body), pod_deleted=type == "DELETED")
+    reconciler().pod_event(dict(body), deleted=type == "DELETED")
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.CLASS_PLURAL)
+def engineclass_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+    """Classes are read from memory when a BuildJob is admitted; this keeps them current."""
+    classes = reconciler().classes
+    if type == "DELETED":
+        classes.pop(body.metadata.name or "", None)
+    else:
+        classes[body.metadata.name or ""] = dict(body)
 
 
 @kopf.timer(

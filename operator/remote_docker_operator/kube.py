@@ -29,7 +29,10 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Secret": ("/api/v1", "secrets"),
     "Service": ("/api/v1", "services"),
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
+    "ResourceQuota": ("/api/v1", "resourcequotas"),
+    "LimitRange": ("/api/v1", "limitranges"),
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
+    names.CLASS_KIND: (f"/apis/{names.API_VERSION}", names.CLASS_PLURAL),
 }
 THROTTLE_RETRIES = 5
 # (connect, read) seconds: a call that hangs must not hold a BuildJob's lock forever.
@@ -131,16 +134,22 @@ class Kube:
         return self.request("PUT", path(kind, meta.get("namespace"), meta["name"]), manifest)
 
     def delete(
-        self, kind: str, namespace: str | None, name: str, grace_period_seconds: int | None = None
+        self,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        uid: str,
+        grace_period_seconds: int | None = None,
     ) -> bool:
-        """Deletes the object; False when it was already gone."""
-        options: Obj = {"propagationPolicy": "Background"}
+        """Deletes the object with exactly this uid; False when it was already gone (or another
+        object of the same name stands there now: 409 on the uid precondition)."""
+        options: Obj = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
         if grace_period_seconds is not None:
             options["gracePeriodSeconds"] = grace_period_seconds
         try:
             self.request("DELETE", path(kind, namespace, name), options)
         except ApiException as e:
-            if e.status == 404:
+            if e.status in (404, 409):
                 return False
             raise
         logger.info("Deleted %s %s", kind.lower(), f"{namespace}/{name}" if namespace else name)

@@ -6,9 +6,11 @@ can check are written here as schema constraints or CEL rules, so bad input is r
 admission with a message that names the field.
 """
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -69,6 +71,7 @@ Quantity = Annotated[
     ),
 ]
 ShortString = Annotated[str, StringConstraints(max_length=4096)]
+VERSION_PATTERN = r"^[0-9]+(\.[0-9]+){0,2}$"
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 
 # Fields whose shape Kubernetes validates when the pod is created (e.g. env valueFrom): kept
@@ -150,7 +153,8 @@ class JobContainer(ApiModel):
 
 
 class EngineSpec(ApiModel):
-    """The remote Docker engine (what CircleCI calls setup_remote_docker)."""
+    """The remote Docker engine (what CircleCI calls setup_remote_docker). What may be asked for
+    here is bounded by the EngineClass: the platform admin's, not the tenant's, decision."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -162,14 +166,20 @@ class EngineSpec(ApiModel):
             ]
         }
     )
+    class_name: ObjectName | None = Field(
+        None,
+        description="The EngineClass to run the engine with; the default class when unset.",
+    )
     version: str | None = Field(
         None,
         max_length=16,
-        pattern=r"^[0-9]+(\.[0-9]+){0,2}$",
-        description="Docker version; selects the default dind image's tag (e.g. 27 -> "
+        pattern=VERSION_PATTERN,
+        description="Docker version; selects the class's versioned engine image (e.g. 27 -> "
         "docker:27-dind). Mutually exclusive with image.",
     )
-    image: ImageRef | None = Field(None, description="The engine image, overriding version.")
+    image: ImageRef | None = Field(
+        None, description="The engine image, overriding version; the class must allow it."
+    )
     image_pull_policy: PullPolicy | None = Field(None, description="Pull policy of the image.")
     resources: Resources | None = Field(None, description="Compute resources of the engine pod.")
     storage: Quantity | None = Field(
@@ -258,6 +268,7 @@ class BuildJobStatus(ApiModel):
     reason: str | None = Field(None, description="Why the BuildJob is in its phase (CamelCase).")
     message: str | None = Field(None, description="Details for a person.")
     namespace: str | None = Field(None, description="The per-job namespace.")
+    engine_class: str | None = Field(None, description="The EngineClass the engine runs with.")
     engine: EngineStatus | None = Field(None, description="The remote engine.")
     job_pod: str | None = Field(None, description="Name of the job pod in the job namespace.")
     exit_code: int | None = Field(None, description="Exit code of the job container.")
@@ -286,3 +297,204 @@ class BuildJob(ApiModel):
         description="What to run and with which engine. Immutable once created.",
     )
     status: BuildJobStatus | None = Field(None, description="Observed state.")
+
+
+# -- EngineClass (cluster-scoped, the platform admin's) ---------------------------------------
+
+# A CIDR checked by the API server (CEL's network library); the operator parses it again.
+Cidr = Annotated[
+    str,
+    StringConstraints(max_length=64),
+    AfterValidator(lambda v: str(ipaddress.ip_network(v, strict=False))),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "maxLength": 64,
+            "x-kubernetes-validations": [cel("isCIDR(self)", "must be a CIDR such as 10.0.0.0/8")],
+        }
+    ),
+]
+# An exact image reference, or a prefix of one ending in "*" (e.g. registry.corp/dind@sha256:*).
+ImagePattern = Annotated[
+    str, StringConstraints(min_length=1, max_length=512, pattern=r"^[a-zA-Z0-9._/:@-]+\*?$")
+]
+LabelMap = dict[
+    Annotated[str, StringConstraints(max_length=317)],
+    Annotated[str, StringConstraints(max_length=63)],
+]
+
+# Everything a pod must never reach by default: private, shared (CGNAT), link-local (cloud
+# metadata: 169.254.169.254, fd00:ec2::254 and fd20:ce::254 fall in these) and NAT64 ranges,
+# which would lead back to private IPv4 addresses. Both families, so a dual-stack cluster's
+# pod and service ranges stay closed.
+DEFAULT_DENIED_CIDRS = (
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+)
+
+
+class VersionedImage(ApiModel):
+    repository: Annotated[str, StringConstraints(min_length=1, max_length=255)] = Field(
+        pattern=r"^[a-zA-Z0-9][a-zA-Z0-9._/:-]*[a-zA-Z0-9]$",
+        description="Image repository; spec.engine.version N selects <repository>:N<tagSuffix>.",
+    )
+    tag_suffix: str = Field(
+        "", max_length=64, pattern=r"^[a-zA-Z0-9_.-]*$", description="Appended to the version."
+    )
+    versions: list[Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]] | None = Field(
+        None, max_length=64, description="The versions a BuildJob may ask for; unset: any."
+    )
+
+
+class AddressPool(ApiModel):
+    base: Cidr = Field(description="A range for the engine's own Docker networks.")
+    size: int = Field(ge=8, le=30, description="Prefix length of each network cut from base.")
+
+
+class DaemonPolicy(ApiModel):
+    allow_registry_mirrors: bool = Field(
+        True, description="Whether a BuildJob may set spec.engine.registryMirrors."
+    )
+    allow_insecure_registries: bool = Field(
+        False, description="Whether a BuildJob may set spec.engine.insecureRegistries."
+    )
+    registry_mirrors: list[Annotated[str, StringConstraints(max_length=512)]] | None = Field(
+        None, max_length=8, description="Mirrors every engine of the class uses."
+    )
+    mtu: int | None = Field(
+        None,
+        ge=576,
+        le=9216,
+        description="dockerd --mtu for every engine; unset: the engine pod's own interface MTU "
+        "(an overlay network's MTU is smaller than Docker's default 1500).",
+    )
+    default_address_pools: list[AddressPool] | None = Field(
+        None,
+        max_length=8,
+        description="dockerd --default-address-pool: ranges for the engine's networks that do "
+        "not overlap the cluster's (Docker's defaults are 172.17.0.0/16 and up).",
+    )
+
+
+class ResourceBounds(ApiModel):
+    default: Resources | None = Field(
+        None, description="The engine pod's resources when a BuildJob gives none."
+    )
+    max: dict[Literal["cpu", "memory"], Quantity] | None = Field(
+        None, description="The most a BuildJob may request or limit for its engine."
+    )
+
+
+class StorageBounds(ApiModel):
+    default: Quantity = Field("20Gi", description="Size limit of /var/lib/docker by default.")
+    max: Quantity | None = Field(None, description="The most a BuildJob may ask for.")
+
+
+class LabelSelectorRequirement(ApiModel):
+    key: str = Field(max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, StringConstraints(max_length=63)]] | None = Field(
+        None, max_length=64
+    )
+
+
+class LabelSelector(ApiModel):
+    match_labels: LabelMap | None = Field(None, max_length=32)
+    match_expressions: list[LabelSelectorRequirement] | None = Field(None, max_length=16)
+
+
+class NetworkPolicyProbe(ApiModel):
+    enabled: bool = Field(
+        True,
+        description="Before the job starts, prove from inside the job pod that a destination "
+        "the NetworkPolicies deny is unreachable; if it is reachable the BuildJob ends "
+        "Failed/NetworkPolicyNotEnforced.",
+    )
+    targets: (
+        list[
+            Annotated[
+                str, StringConstraints(max_length=261, pattern=r"^[a-zA-Z0-9.:\[\]-]+:[0-9]+$")
+            ]
+        ]
+        | None
+    ) = Field(
+        None,
+        max_length=4,
+        description="host:port destinations that must be unreachable; unset: the API server's "
+        "ClusterIP (the kubernetes Service).",
+    )
+
+
+class EngineClassSpec(ApiModel):
+    image: ImageRef = Field(
+        description="The engine image when a BuildJob names neither engine.image nor "
+        "engine.version (pin it by digest)."
+    )
+    versioned_image: VersionedImage | None = Field(
+        None, description="Lets BuildJobs choose a version (spec.engine.version); unset: refused."
+    )
+    allowed_images: list[ImagePattern] | None = Field(
+        None,
+        max_length=64,
+        description="Images a BuildJob may name in spec.engine.image: exact references, or "
+        "prefixes ending in '*'. Unset: none but the class's own. Each is run privileged "
+        "in the privileged tier: list only images you trust.",
+    )
+    image_pull_policy: PullPolicy | None = Field(None, description="Pull policy of the engine.")
+    daemon: DaemonPolicy = Field(
+        default_factory=DaemonPolicy, description="dockerd settings and which a BuildJob may set."
+    )
+    resources: ResourceBounds = Field(
+        default_factory=ResourceBounds, description="Engine CPU and memory."
+    )
+    storage: StorageBounds = Field(
+        default_factory=StorageBounds, description="Size of the engine's /var/lib/docker."
+    )
+    node_selector: LabelMap | None = Field(
+        None, max_length=32, description="Node labels an engine pod must match."
+    )
+    tolerations: list[FreeForm] | None = Field(
+        None, max_length=32, description="Tolerations of engine pods (e.g. of builder nodes)."
+    )
+    affinity: FreeForm | None = Field(None, description="Affinity of engine pods.")
+    runtime_class_name: ObjectName | None = Field(
+        None, description="RuntimeClass of engine pods (e.g. a sandboxed runtime)."
+    )
+    priority_class_name: ObjectName | None = Field(
+        None, description="PriorityClass of engine pods."
+    )
+    namespace_selector: LabelSelector | None = Field(
+        None, description="Namespaces whose BuildJobs may use the class; unset: every namespace."
+    )
+    max_engines_per_namespace: int = Field(
+        0,
+        ge=0,
+        le=10000,
+        description="Engines of this class one namespace may run at once; the rest wait as "
+        "Pending/Queued. 0: no limit.",
+    )
+    denied_cidrs: list[Cidr] = Field(
+        default_factory=lambda: list(DEFAULT_DENIED_CIDRS),
+        max_length=64,
+        description="Egress to these ranges is denied to engine and job pods. They must cover the "
+        "cluster's pod and service ranges and the metadata addresses, in both IP families. "
+        "Unset: every private, shared, link-local and NAT64 range of IPv4 and IPv6.",
+    )
+    network_policy_probe: NetworkPolicyProbe = Field(
+        default_factory=NetworkPolicyProbe, description="Check that NetworkPolicy is enforced."
+    )
+
+
+class EngineClass(ApiModel):
+    """An EngineClass as the operator reads it."""
+
+    spec: EngineClassSpec = Field(description="What the class's engines may be and do.")

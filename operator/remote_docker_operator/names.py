@@ -4,6 +4,7 @@ One place, so that builders, the reconciler, the sweep and the tests agree.
 """
 
 import hashlib
+from typing import Any
 
 GROUP = "remotedocker.dev"
 VERSION = "v1alpha1"
@@ -12,6 +13,11 @@ KIND = "BuildJob"
 PLURAL = "buildjobs"
 SINGULAR = "buildjob"
 SHORT_NAMES = ("bj",)
+CLASS_KIND = "EngineClass"
+CLASS_PLURAL = "engineclasses"
+CLASS_SHORT_NAMES = ("ec",)
+# The class a BuildJob gets when it names none, marked as StorageClass marks its default.
+ANNOTATION_DEFAULT_CLASS = "engineclass.remotedocker.dev/is-default-class"
 
 # Kopf adds this to every BuildJob and removes it once the per-job namespace is deleted.
 FINALIZER = f"{GROUP}/cleanup"
@@ -25,6 +31,7 @@ LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_OWNER_NAMESPACE = f"{GROUP}/buildjob-namespace"
 LABEL_OWNER_NAME = f"{GROUP}/buildjob-name"
 LABEL_OWNER_UID = f"{GROUP}/buildjob-uid"
+LABEL_ENGINE_CLASS = f"{GROUP}/engine-class"
 # Annotation on both TLS secrets: they belong together only when their CA fingerprints match.
 ANNOTATION_CA_FINGERPRINT = f"{GROUP}/ca-fingerprint"
 
@@ -41,6 +48,8 @@ DOCKER_CONFIG_SECRET = "docker-config"
 POLICY_DEFAULT_DENY = "default-deny"
 POLICY_ENGINE = "engine"
 POLICY_JOB = "job"
+QUOTA = "engine-quota"
+LIMIT_RANGE = "engine-limits"
 JOB_CONTAINER = "job"
 ENGINE_CONTAINER = "dockerd"
 WAIT_CONTAINER = "wait-for-engine"
@@ -49,10 +58,27 @@ ENGINE_PORT = 2376
 CERT_DIR = "/certs/client"
 
 
+def uid_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode()).hexdigest()[:12]
+
+
 def job_namespace(prefix: str, uid: str) -> str:
     """The per-job namespace: derived from the BuildJob's uid, so a BuildJob recreated under
     the same name never collides with its predecessor's namespace that is still terminating."""
-    return f"{prefix}{hashlib.sha256(uid.encode()).hexdigest()[:12]}"
+    return f"{prefix}{uid_hash(uid)}"
+
+
+def owns_namespace(namespace: dict[str, Any], uid: str) -> bool:
+    """Whether a namespace is the operator's job namespace of the BuildJob with this uid: its
+    name ends in the uid's hash and it carries the operator's labels for that uid. Labels alone
+    could be copied from any job namespace onto any other; the name binds them to the uid."""
+    meta = namespace.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    return (
+        str(meta.get("name", "")).endswith(uid_hash(uid))
+        and labels.get(LABEL_MANAGED_BY) == APP
+        and labels.get(LABEL_OWNER_UID) == uid
+    )
 
 
 def pull_secret_copy(name: str) -> str:

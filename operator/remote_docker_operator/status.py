@@ -26,6 +26,10 @@ INVALID_SPEC = "InvalidSpec"
 JOB_POD_DELETED = "JobPodDeleted"
 IMAGE_PULL_FAILED = "ImagePullFailed"
 CHILD_DELETED = "ChildDeleted"
+ENGINE_CLASS_NOT_FOUND = "EngineClassNotFound"
+ENGINE_CLASS_REFUSED = "EngineClassRefused"
+FOREIGN_OBJECT = "ForeignObject"
+NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"
 
 
 def now() -> datetime.datetime:

@@ -3,17 +3,16 @@ from typing import Any
 import pytest
 
 from remote_docker_operator.builders import Target
-from remote_docker_operator.config import Settings
-from remote_docker_operator.models import BuildJobSpec
+
+from ..support import make_target as _make_target
 
 UID = "0b5e6a52-2f9e-4c56-9a1d-7d3c2c1e9f00"
 
 
-def make_target(spec: dict[str, Any] | None = None, **settings: Any) -> Target:
-    spec = spec or {
-        "job": {"image": "docker:27-cli", "command": ["sh", "-c"], "args": ["docker version"]}
-    }
-    return Target("app-build", "ci", UID, BuildJobSpec.model_validate(spec), Settings(**settings))
+def make_target(
+    spec: dict[str, Any] | None = None, engine_class: dict[str, Any] | None = None, **settings: Any
+) -> Target:
+    return _make_target(spec, engine_class, uid=UID, **settings)
 
 
 @pytest.fixture

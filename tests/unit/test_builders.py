@@ -1,5 +1,9 @@
 import datetime
+import subprocess
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from remote_docker_operator import builders, certs, names
 from remote_docker_operator.builders import Target
@@ -74,7 +78,7 @@ def test_job_egress_none_drops_the_internet() -> None:
 
 
 def test_denied_cidrs_split_by_family() -> None:
-    t = make_target(denied_cidrs=["10.0.0.0/8", "fd00::/8"])
+    t = make_target(engine_class={"image": "d", "deniedCidrs": ["10.0.0.0/8", "fd00::/8"]})
     engine = by_name(builders.build_network_policies(t))["engine"]["spec"]
     blocks = {p["ipBlock"]["cidr"]: p["ipBlock"].get("except") for p in engine["egress"][1]["to"]}
     assert blocks == {"0.0.0.0/0": ["10.0.0.0/8"], "::/0": ["fd00::/8"]}
@@ -102,6 +106,11 @@ def test_engine_pod(target: Target) -> None:
 
 
 def test_engine_options() -> None:
+    versioned = {
+        "image": "docker:27-dind",
+        "versionedImage": {"repository": "docker", "tagSuffix": "-dind"},
+        "daemon": {"allowInsecureRegistries": True},
+    }
     t = make_target(
         {
             "job": {"image": "a"},
@@ -114,7 +123,8 @@ def test_engine_options() -> None:
                 "resources": {"limits": {"cpu": 2, "memory": "4Gi"}},
                 "imagePullPolicy": "Never",
             },
-        }
+        },
+        versioned,
     )
     pod = builders.build_engine_pod(t)
     [c] = pod["spec"]["containers"]
@@ -125,10 +135,11 @@ def test_engine_options() -> None:
     assert "--insecure-registry=reg.local:5000" in c["args"]
     assert c["resources"] == {"limits": {"cpu": "2", "memory": "4Gi"}}
     assert pod["spec"]["volumes"][0]["emptyDir"]["sizeLimit"] == "5Gi"
-    image = make_target({"job": {"image": "a"}, "engine": {"image": "local/dind:1"}})
+    image = make_target(
+        {"job": {"image": "a"}, "engine": {"image": "local/dind:1"}},
+        {"image": "d", "allowedImages": ["local/*"]},
+    )
     assert builders.build_engine_pod(image)["spec"]["containers"][0]["image"] == "local/dind:1"
-    settings = make_target(engine_image_repository="mirror/docker", engine_version="28")
-    assert settings.engine_image == "mirror/docker:28-dind"
 
 
 def test_job_pod(target: Target) -> None:
@@ -245,7 +256,7 @@ def test_job_waits_for_its_engine_over_tls(target: Target) -> None:
     pod = builders.build_job_pod(target)
     [init] = pod["spec"]["initContainers"]
     assert init["name"] == "wait-for-engine"
-    assert init["image"] == target.engine_image  # it has the docker CLI
+    assert init["image"] == target.engine.image  # it has the docker CLI
     assert "docker version" in init["command"][-1]
     assert init["securityContext"] == pod["spec"]["containers"][0]["securityContext"]
     assert {e["name"] for e in init["env"]} == {
@@ -254,3 +265,176 @@ def test_job_waits_for_its_engine_over_tls(target: Target) -> None:
         "DOCKER_CERT_PATH",
     }
     assert init["volumeMounts"][0]["mountPath"] == "/certs/client"
+
+
+# -- what the EngineClass decides ------------------------------------------------------------
+
+
+def test_class_placement_and_runtime_reach_the_engine_pod_only() -> None:
+    toleration = {"key": "builders", "operator": "Exists", "effect": "NoSchedule"}
+    t = make_target(
+        engine_class={
+            "image": "d",
+            "nodeSelector": {"pool": "builders"},
+            "tolerations": [toleration],
+            "runtimeClassName": "kata",
+            "priorityClassName": "ci",
+            "affinity": {"nodeAffinity": {}},
+        }
+    )
+    engine = builders.build_engine_pod(t)["spec"]
+    assert engine["nodeSelector"] == {"pool": "builders"}
+    assert engine["tolerations"] == [toleration]
+    assert engine["runtimeClassName"] == "kata"
+    assert engine["priorityClassName"] == "ci"
+    assert engine["affinity"] == {"nodeAffinity": {}}
+    job = builders.build_job_pod(t)["spec"]
+    assert not {"nodeSelector", "tolerations", "runtimeClassName", "priorityClassName"} & set(job)
+
+
+def test_both_pods_end_at_the_deadline_without_the_operator() -> None:
+    t = make_target({"job": {"image": "a"}, "activeDeadlineSeconds": 300})
+    for pod in (builders.build_engine_pod(t), builders.build_job_pod(t)):
+        assert pod["spec"]["activeDeadlineSeconds"] == 300 + builders.POD_DEADLINE_MARGIN_SECONDS
+
+
+def test_default_denied_ranges_cover_both_families() -> None:
+    policies = by_name(builders.build_network_policies(make_target()))
+    blocks = {
+        p["ipBlock"]["cidr"]: p["ipBlock"]["except"]
+        for p in policies["engine"]["spec"]["egress"][1]["to"]
+    }
+    assert "169.254.0.0/16" in blocks["0.0.0.0/0"]
+    assert "10.0.0.0/8" in blocks["0.0.0.0/0"]
+    assert "fc00::/7" in blocks["::/0"]  # ULA: pod ranges, fd00:ec2::254
+    assert "fe80::/10" in blocks["::/0"]
+    assert "64:ff9b::/96" in blocks["::/0"]  # NAT64 back into IPv4
+
+
+def test_mtu_from_the_pod_interface_unless_set() -> None:
+    auto = builders.build_engine_pod(make_target())["spec"]["containers"][0]
+    assert {"name": "MTU_FROM", "value": "eth0"} in auto["env"]
+    assert not any(a.startswith("--mtu") for a in auto["args"])
+    fixed = builders.build_engine_pod(
+        make_target(engine_class={"image": "d", "daemon": {"mtu": 1400}})
+    )
+    c = fixed["spec"]["containers"][0]
+    assert "--mtu=1400" in c["args"]
+    assert all(e["name"] != "MTU_FROM" for e in c["env"])
+
+
+def test_address_pools() -> None:
+    t = make_target(
+        engine_class={
+            "image": "d",
+            "daemon": {"defaultAddressPools": [{"base": "192.168.240.0/20", "size": 24}]},
+        }
+    )
+    args = builders.build_engine_pod(t)["spec"]["containers"][0]["args"]
+    assert "--default-address-pool=base=192.168.240.0/20,size=24" in args
+
+
+def test_quota_and_limit_range() -> None:
+    quota = builders.build_quota(make_target())
+    assert quota["spec"]["hard"]["pods"] == "2"
+    assert quota["spec"]["hard"]["services.nodeports"] == "0"
+    assert builders.build_limit_range(make_target()) is None
+    t = make_target(
+        engine_class={"image": "d", "resources": {"max": {"cpu": "2", "memory": "4Gi"}}}
+    )
+    limits = builders.build_limit_range(t)
+    assert limits is not None
+    assert limits["spec"]["limits"] == [
+        {
+            "type": "Container",
+            "max": {"cpu": "2", "memory": "4Gi"},
+            "default": {"cpu": "2", "memory": "4Gi"},
+            # a container that asks for nothing reserves little, not the maximum
+            "defaultRequest": {"cpu": "100m", "memory": "128Mi"},
+        }
+    ]
+    tiny = make_target(engine_class={"image": "d", "resources": {"max": {"cpu": "50m"}}})
+    tiny_limits = builders.build_limit_range(tiny)
+    assert tiny_limits is not None
+    assert tiny_limits["spec"]["limits"][0]["defaultRequest"] == {"cpu": "50m"}
+
+
+def test_probe_in_the_wait_container() -> None:
+    on = builders.build_job_pod(make_target())["spec"]["initContainers"][0]["command"][-1]
+    assert "KUBERNETES_SERVICE_HOST" in on
+    targets = make_target(
+        engine_class={"image": "d", "networkPolicyProbe": {"targets": ["192.0.2.9:80"]}}
+    )
+    script = builders.build_job_pod(targets)["spec"]["initContainers"][0]["command"][-1]
+    assert "192.0.2.9:80" in script
+    assert "KUBERNETES_SERVICE_HOST" not in script
+    off = make_target(engine_class={"image": "d", "networkPolicyProbe": {"enabled": False}})
+    script = builders.build_job_pod(off)["spec"]["initContainers"][0]["command"][-1]
+    assert "reachable()" not in script
+
+
+def _run_wait_script(tmp_path: Path, probe_answer: str, engine_ok: bool = True) -> tuple[int, str]:
+    """Runs the wait container's script with stand-ins for docker and sleep: the engine call
+    (no --host) succeeds or fails; a probe call (--host) prints probe_answer."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    docker = bin_dir / "docker"
+    docker.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in --host) echo "$PROBE_ANSWER" >&2; exit 1;; esac\n'
+        f"exit {0 if engine_ok else 1}\n"
+    )
+    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    for f in bin_dir.iterdir():
+        f.chmod(0o755)
+    script = builders.build_job_pod(make_target())["spec"]["initContainers"][0]["command"][-1]
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "PROBE_ANSWER": probe_answer,
+        "KUBERNETES_SERVICE_HOST": "fd00::1",
+        "KUBERNETES_SERVICE_PORT": "443",
+    }
+    done = subprocess.run(
+        ["sh", "-c", script], check=False, env=env, capture_output=True, text=True, timeout=60
+    )
+    return done.returncode, done.stderr
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Cannot connect to the Docker daemon at tcp://[fd00::1]:443. Is the docker daemon running?",
+        'error during connect: Get "http://[fd00::1]:443/v1.24/version": dial tcp: i/o timeout',
+    ],
+)
+def test_probe_passes_when_denied(tmp_path: Path, answer: str) -> None:
+    assert _run_wait_script(tmp_path, answer) == (0, "")
+
+
+def test_probe_fails_when_a_denied_destination_answers(tmp_path: Path) -> None:
+    code, err = _run_wait_script(tmp_path, "Client sent an HTTP request to an HTTPS server.")
+    assert code == builders.PROBE_REACHABLE_EXIT
+    assert "NetworkPolicy is not enforced: [fd00::1]:443" in err
+
+
+def test_engine_unreachable_still_exit_1(tmp_path: Path) -> None:
+    code, err = _run_wait_script(tmp_path, "Cannot connect", engine_ok=False)
+    assert code == 1
+    assert "unreachable over mutual TLS" in err
+
+
+def test_only_registry_credentials_are_copied() -> None:
+    source = {
+        "type": "kubernetes.io/dockerconfigjson",
+        "data": {".dockerconfigjson": "e30=", "extra": "c2VjcmV0"},
+    }
+    copy = builders.build_secret_copy(make_target(), source, "pull-x")
+    assert copy["data"] == {".dockerconfigjson": "e30="}
+    assert copy["type"] == "kubernetes.io/dockerconfigjson"
+    assert (
+        builders.registry_key(
+            {"type": "kubernetes.io/service-account-token", "data": {"token": "x"}}
+        )
+        is None
+    )
+    assert builders.registry_key({"type": "Opaque", "data": {".dockerconfigjson": "x"}}) is None

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import yaml
 
-from remote_docker_operator import names
+from remote_docker_operator import crd, names
 from remote_docker_operator.config import Settings
-from remote_docker_operator.models import BuildJob
+from remote_docker_operator.models import BuildJob, EngineClassSpec
 
 Obj = dict[str, Any]
 
@@ -199,8 +199,17 @@ def test_schema_refuses_unknown_keys_at_every_level() -> None:
     assert schema["$schema"] == "http://json-schema.org/draft-07/schema#"
     objects = dict(schema_objects(schema))
     assert {"", ".image", ".serviceAccount", ".resources", ".operator", ".test"} <= set(objects)
+    assert ".engineClass.spec.daemon" in objects
     for path, node in objects.items():
         assert node.get("additionalProperties") is False, path or "(root)"
+
+
+def test_engine_class_schema_is_the_crds() -> None:
+    """values.schema.json's engineClass.spec is generated from the EngineClass model (make crds)."""
+    schema = load_schema()["properties"]["engineClass"]["properties"]["spec"]
+    assert schema == crd.engine_class_values_schema(), "stale: run `make crds`"
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    EngineClassSpec.model_validate(values["engineClass"]["spec"])
 
 
 def test_schema_and_values_cover_each_other() -> None:
@@ -211,8 +220,9 @@ def test_schema_and_values_cover_each_other() -> None:
         declared = set(node["properties"]) - ({"global"} if path == "" else set())
         assert set(value) == declared, path or "(root)"
         for name, sub in node["properties"].items():
-            # An empty default (affinity: {}) is a Kubernetes structure left open.
-            if "properties" in sub and value.get(name):
+            # An empty default (affinity: {}) is a Kubernetes structure left open; the class's
+            # spec sets a few of its many optional fields (its schema is the CRD's).
+            if "properties" in sub and value.get(name) and f"{path}.{name}" != ".engineClass.spec":
                 compare(value[name], sub, f"{path}.{name}")
 
     compare(values, schema, "")
@@ -253,6 +263,15 @@ def test_one_resource_per_template() -> None:
             "templates/clusterrole.yaml",
             "templates/clusterrolebinding.yaml",
             "templates/deployment.yaml",
+            "templates/engineclass.yaml",
+            "templates/aggregate-role-edit.yaml",
+            "templates/aggregate-role-view.yaml",
+            "templates/policy-buildjob-class.yaml",
+            "templates/policy-buildjob-class-binding.yaml",
+            "templates/policy-operator-guard.yaml",
+            "templates/policy-operator-guard-binding.yaml",
+            "templates/policy-job-namespaces.yaml",
+            "templates/policy-job-namespaces-binding.yaml",
             "templates/tests/test-serviceaccount.yaml",
             "templates/tests/test-role.yaml",
             "templates/tests/test-rolebinding.yaml",
@@ -270,7 +289,7 @@ def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
         "app.kubernetes.io/managed-by": "Helm",
         "helm.sh/chart": "remote-docker-operator-0.1.0",
     }
-    assert len(docs) == 8
+    assert len(docs) == 17
     for doc in docs:
         labels = doc["metadata"].get("labels") or {}
         assert expected.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}"
@@ -280,7 +299,13 @@ def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
 
 
 def test_namespaced_objects_are_in_the_release_namespace(docs: list[Obj]) -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "EngineClass",
+        "ValidatingAdmissionPolicy",
+        "ValidatingAdmissionPolicyBinding",
+    }
     for doc in docs:
         if doc["kind"] in cluster_scoped:
             assert "namespace" not in doc["metadata"]
@@ -384,24 +409,6 @@ def test_env_defaults_are_the_operators_defaults(
     ("args", "var", "expected"),
     [
         (["--set", "operator.maxRunning=3"], "RDO_MAX_RUNNING", "3"),
-        (
-            ["--set", "operator.deniedCidrs={10.96.0.0/12,fd00::/8}"],
-            "RDO_DENIED_CIDRS",
-            "10.96.0.0/12,fd00::/8",
-        ),
-        (
-            ["--set", "operator.engineImageRepository=mirror/docker"],
-            "RDO_ENGINE_IMAGE_REPOSITORY",
-            "mirror/docker",
-        ),
-        (
-            ["--set", "operator.engineImageSuffix=-dind-rootless"],
-            "RDO_ENGINE_IMAGE_SUFFIX",
-            "-dind-rootless",
-        ),
-        (["--set", "operator.engineVersion=28"], "RDO_ENGINE_VERSION", "28"),
-        (["--set", "operator.engineVersion=28.0.1"], "RDO_ENGINE_VERSION", "28.0.1"),
-        (["--set", "operator.engineStorage=50Gi"], "RDO_ENGINE_STORAGE", "50Gi"),
         (["--set", "operator.namespacePrefix=ci-"], "RDO_NAMESPACE_PREFIX", "ci-"),
         (
             ["--set", "operator.defaultDeadlineSeconds=86400"],
@@ -432,8 +439,6 @@ def test_rendered_env_is_what_the_operator_reads(clean_env: pytest.MonkeyPatch) 
     env = operator_env(
         render(
             "--set", "operator.maxRunning=3",
-            "--set", "operator.deniedCidrs={10.96.0.0/12,fd00::/8}",
-            "--set", "operator.engineVersion=26",
             "--set-json", "operator.resyncSeconds=2.5",
             "--set", "operator.namespacePrefix=ci-",
         )
@@ -443,8 +448,6 @@ def test_rendered_env_is_what_the_operator_reads(clean_env: pytest.MonkeyPatch) 
             clean_env.setenv(key, value)
     settings = Settings()
     assert settings.max_running == 3
-    assert settings.denied_cidrs == ["10.96.0.0/12", "fd00::/8"]
-    assert settings.engine_version == "26"
     assert settings.resync_seconds == 2.5
     assert settings.namespace_prefix == "ci-"
 
@@ -508,6 +511,9 @@ def rule_set(rules: list[Obj]) -> set[tuple[str, str, frozenset[str]]]:
 
 EXPECTED_OPERATOR_RULES = {
     (names.GROUP, "buildjobs", frozenset({"get", "list", "watch", "patch"})),
+    (names.GROUP, "engineclasses", frozenset({"get", "list", "watch"})),
+    ("", "resourcequotas", frozenset({"get", "create"})),
+    ("", "limitranges", frozenset({"get", "create"})),
     (names.GROUP, "buildjobs/status", frozenset({"patch"})),
     ("", "events", frozenset({"create"})),
     ("", "namespaces", frozenset({"get", "list", "create", "delete"})),
@@ -519,7 +525,7 @@ EXPECTED_OPERATOR_RULES = {
 
 
 def test_cluster_role_rules_are_exactly_the_expected_set(docs: list[Obj]) -> None:
-    role = one(docs, "ClusterRole")
+    role = next(d for d in find(docs, "ClusterRole") if d["metadata"]["name"] == FULLNAME)
     assert role["metadata"]["name"] == FULLNAME
     assert rule_set(role["rules"]) == EXPECTED_OPERATOR_RULES
     assert len(role["rules"]) == len(EXPECTED_OPERATOR_RULES)  # one rule per resource
@@ -659,7 +665,7 @@ def test_test_values() -> None:
 
     docs = render("--set", "test.enabled=false")
     assert [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})] == []
-    assert len(docs) == 4
+    assert len(docs) == 13
 
 
 @pytest.mark.parametrize("engine_image", ["", "registry.example/docker:27-dind"])
@@ -727,3 +733,47 @@ def assert_restricted(pod: Obj) -> None:
         seccomp = sc.get("seccompProfile", pod_sc.get("seccompProfile")) or {}
         assert seccomp.get("type") in ("RuntimeDefault", "Localhost")
         assert not c.get("ports") or all("hostPort" not in p for p in c["ports"])
+
+
+# -- EngineClass, aggregated roles, admission policies ------------------------------------------
+
+
+def test_default_engine_class(docs: list[Obj]) -> None:
+    cls = one(docs, "EngineClass")
+    assert cls["metadata"]["name"] == "standard"
+    assert cls["metadata"]["annotations"] == {names.ANNOTATION_DEFAULT_CLASS: "true"}
+    assert EngineClassSpec.model_validate(cls["spec"]).image == "docker:27-dind"
+    docs = render("--set", "engineClass.default=false", "--set", "engineClass.name=small")
+    assert "annotations" not in one(docs, "EngineClass")["metadata"]
+    assert find(render("--set", "engineClass.create=false"), "EngineClass") == []
+
+
+def test_aggregated_roles_never_grant_status(docs: list[Obj]) -> None:
+    roles = {d["metadata"]["name"]: d for d in find(docs, "ClusterRole")}
+    edit, view = roles[f"{FULLNAME}-edit"], roles[f"{FULLNAME}-view"]
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    for role in (edit, view):
+        for rule in role["rules"]:
+            assert rule["resources"] == ["buildjobs"], rule
+    assert "create" in edit["rules"][0]["verbs"]
+    assert set(view["rules"][0]["verbs"]) == {"get", "list", "watch"}
+
+
+def test_policies_bind_the_operator_by_its_service_account(docs: list[Obj]) -> None:
+    policies = {d["metadata"]["name"]: d for d in find(docs, "ValidatingAdmissionPolicy")}
+    bindings = {d["metadata"]["name"]: d for d in find(docs, "ValidatingAdmissionPolicyBinding")}
+    assert set(policies) == set(bindings)
+    for name, binding in bindings.items():
+        assert binding["spec"]["policyName"] == name
+        assert binding["spec"]["validationActions"] == ["Deny"]
+    me = f"system:serviceaccount:{NAMESPACE}:{FULLNAME}"
+    guard = policies[f"{FULLNAME}-operator-guard"]["spec"]["matchConditions"][0]["expression"]
+    assert guard == f"request.userInfo.username == '{me}'"
+    labels = policies[f"{FULLNAME}-job-namespaces"]["spec"]["matchConditions"][0]["expression"]
+    assert labels == f"request.userInfo.username != '{me}'"
+    by_class = bindings[f"{FULLNAME}-buildjob-class"]["spec"]["paramRef"]
+    assert by_class == {"selector": {}, "parameterNotFoundAction": "Deny"}
+    assert (
+        find(render("--set", "admissionPolicies.enabled=false"), "ValidatingAdmissionPolicy") == []
+    )

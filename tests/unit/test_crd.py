@@ -1,12 +1,13 @@
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from remote_docker_operator import crd
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMITTED = [ROOT / "crds" / "buildjobs.remotedocker.dev.yaml"]
+DIRS = [ROOT / "crds", ROOT / "charts" / "remote-docker-operator" / "crds"]
 
 
 def walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -25,12 +26,15 @@ def walk(node: Any, path: str = "") -> list[tuple[str, dict[str, Any]]]:
 
 def test_committed_crds_match_the_models() -> None:
     """Run `make crds` after changing models.py."""
-    for path in COMMITTED:
-        assert path.read_text() == crd.render(), f"{path} is stale: run `make crds`"
+    for directory in DIRS:
+        assert sorted(p.name for p in directory.iterdir()) == sorted(crd.files())
+        for name, text in crd.files().items():
+            assert (directory / name).read_text() == text, f"{directory / name}: run `make crds`"
 
 
-def test_schema_is_structural() -> None:
-    schema = crd.openapi_schema()
+@pytest.mark.parametrize("resource", crd.RESOURCES, ids=lambda r: r.kind)
+def test_schema_is_structural(resource: crd.Resource) -> None:
+    schema = crd.openapi_schema(resource)
     for path, node in walk(schema):
         assert "$ref" not in node, path
         assert "title" not in node, path
@@ -50,7 +54,20 @@ def test_crd_shape() -> None:
     version = spec["versions"][0]
     assert version["subresources"] == {"status": {}}
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Phase", "Reason", "Exit", "Age", "Duration"]
+    assert columns == ["Phase", "Reason", "Exit", "Class", "Age", "Duration"]
+
+
+def test_engineclass_crd_shape() -> None:
+    doc = crd.build_crd(crd.RESOURCES[1])
+    spec = doc["spec"]
+    assert doc["metadata"]["name"] == "engineclasses.remotedocker.dev"
+    assert spec["scope"] == "Cluster"
+    assert spec["names"]["shortNames"] == ["ec"]
+    schema = spec["versions"][0]["schema"]["openAPIV3Schema"]
+    nodes = dict(walk(schema))
+    assert nodes[".spec"]["required"] == ["image"]
+    assert rules(schema, ".spec.deniedCidrs[]") == ["isCIDR(self)"]
+    assert rules(schema, ".spec.resources.max") == ["self.all(k, k in ['cpu', 'memory'])"]
 
 
 def rules(schema: dict[str, Any], path: str) -> list[str]:

@@ -30,13 +30,11 @@ def reconciler(**settings: Any) -> Reconciler:
 
 
 def test_parse_spec_names_the_field() -> None:
-    target, invalid = parse_spec(body("1", "t", job={"image": "a"}), Settings())
-    assert target is not None
+    spec, invalid = parse_spec(body("1", "t", job={"image": "a"}))
+    assert spec is not None
     assert invalid is None
-    target, invalid = parse_spec(
-        body("2", "t", job={"image": "a"}, activeDeadlineSeconds=0), Settings()
-    )
-    assert target is None
+    spec, invalid = parse_spec(body("2", "t", job={"image": "a"}, activeDeadlineSeconds=0))
+    assert spec is None
     assert invalid is not None
     assert invalid.startswith("spec.activeDeadlineSeconds:")
 
