@@ -447,10 +447,13 @@ WAIT_FOR_ENGINE_SECONDS = 600
 
 
 # The wait container's exit code when a destination the policies deny answered: NetworkPolicy is
-# not enforced on this cluster. A new pod's rules are programmed a moment after it starts, so a
-# destination must stay reachable through PROBE_RETRIES tries, a second apart, to count.
+# not enforced on this cluster. A new pod's rules are programmed a moment after it starts, so the
+# probe runs from the start, alongside the wait for the engine, until the destination stops
+# answering; once the engine answers (by then this pod's rules are in place: the engine admits
+# it), the destination has PROBE_GRACE_SECONDS more to fall silent.
 PROBE_REACHABLE_EXIT = 3
-PROBE_RETRIES = 30
+PROBE_GRACE_SECONDS = 10
+_PROBE_DONE = '"${TMPDIR:-/tmp}/.rdo-denied-unreachable"'
 
 # Whether host:port answers a TCP connection, with the only client every engine image has: the
 # docker CLI, without TLS. Anything but "cannot connect" (a TLS or HTTP error from the server)
@@ -463,8 +466,8 @@ _REACHABLE = (
 )
 
 
-def _probe_script(targets: tuple[str, ...]) -> str:
-    """Defines probe(): returns PROBE_REACHABLE_EXIT if a target stays reachable."""
+def _probe_start(targets: tuple[str, ...]) -> str:
+    """Starts the prober in the background: it marks _PROBE_DONE once no target answers."""
     listed = " ".join(targets) or (
         # The API server through the kubernetes Service, which every pod is told of.
         '"$(case $KUBERNETES_SERVICE_HOST in *:*) echo "[$KUBERNETES_SERVICE_HOST]";; '
@@ -472,11 +475,18 @@ def _probe_script(targets: tuple[str, ...]) -> str:
     )
     return (
         _REACHABLE
-        + f'probe() {{ for target in {listed}; do n=0; while reachable "$target"; do '
-        + f'n=$((n+1)); if [ $n -ge {PROBE_RETRIES} ]; then echo "NetworkPolicy is not '
-        + 'enforced: $target, which the policies deny, answered from the job pod" >&2; '
-        + f"return {PROBE_REACHABLE_EXIT}; fi; sleep 1; done; done; }}; "
+        + f"denied={listed}; "
+        + '( for target in $denied; do while reachable "$target"; do sleep 1; done; done; '
+        + f": > {_PROBE_DONE} ) & prober=$!; "
     )
+
+
+_PROBE_FINISH = (
+    f"n=0; until [ -e {_PROBE_DONE} ]; do n=$((n+1)); "
+    f'if [ $n -gt {PROBE_GRACE_SECONDS} ]; then kill "$prober" 2>/dev/null; '
+    'echo "NetworkPolicy is not enforced: $denied, which the policies deny, answered from '
+    f'the job pod" >&2; exit {PROBE_REACHABLE_EXIT}; fi; sleep 1; done; '
+)
 
 
 def _wait_for_engine(t: Target) -> Manifest:
@@ -485,16 +495,15 @@ def _wait_for_engine(t: Target) -> Manifest:
     already allowed (a NetworkPolicy controller programs a new pod's rules a moment after it
     starts) or that its DNS works. It runs the engine image, which has the docker CLI. Unless
     the class turns it off, it proves meanwhile that what the policies deny is unreachable."""
-    script = ""
-    if t.engine.probe_targets is not None:
-        script += _probe_script(t.engine.probe_targets) + "probe & prober=$!; "
+    probe = t.engine.probe_targets is not None
+    script = _probe_start(t.engine.probe_targets or ()) if probe else ""
     script += (
         f"ok=; for i in $(seq {WAIT_FOR_ENGINE_SECONDS * 2}); do "
         "docker version >/dev/null 2>&1 && ok=1 && break; sleep 0.5; done; "
         '[ -n "$ok" ] || { echo "engine $DOCKER_HOST unreachable over mutual TLS" >&2; exit 1; }; '
     )
-    if t.engine.probe_targets is not None:
-        script += 'wait "$prober" || exit $?; '
+    if probe:
+        script += _PROBE_FINISH
     script += "exit 0"
     container: Manifest = {
         "name": names.WAIT_CONTAINER,

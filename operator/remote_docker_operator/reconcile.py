@@ -268,13 +268,9 @@ class Reconciler:
             return
         t = state.target
         if state.phase in (None, "Pending"):
-            if not self._admit(state):
-                self._set(
-                    state,
-                    "Pending",
-                    st.QUEUED,
-                    f"waiting: {self.settings.max_running} BuildJobs are running",
-                )
+            waiting = self._admit(state)
+            if waiting is not None:
+                self._set(state, "Pending", st.QUEUED, waiting)
                 return
             self._set(
                 state,
@@ -613,19 +609,25 @@ class Reconciler:
 
     # -- queueing -----------------------------------------------------------------------------
 
-    def _admit(self, state: JobState) -> bool:
+    def _admit(self, state: JobState) -> str | None:
         """At most max_running BuildJobs provision or run at once, and at most the class's
         maxEnginesPerNamespace of one class in one namespace; the rest start in creation order
-        as slots free up."""
+        as slots free up. None when admitted, else what it waits for."""
         if state.admitted:
-            return True
+            return None
         with self._admission:
             if not self._namespace_has_room(state):
-                return False
+                t = state.target
+                assert t is not None  # only a resolved BuildJob can be over its class's cap
+                return (
+                    f"waiting: {t.engine.max_per_namespace} engines of EngineClass "
+                    f"{t.engine.class_name!r} run in namespace {state.namespace} "
+                    "(its maxEnginesPerNamespace)"
+                )
             limit = self.settings.max_running
             if limit == 0:
                 state.admitted = True
-                return True
+                return None
             jobs = list(self.jobs.values())
             # Admitted but not yet written as Provisioning counts too: two threads must not
             # both take the last slot.
@@ -652,7 +654,9 @@ class Reconciler:
             )
             if rank < limit - active:
                 state.admitted = True
-        return state.admitted
+        if state.admitted:
+            return None
+        return f"waiting: {limit} BuildJobs are running (the operator's maxRunning)"
 
     def _namespace_has_room(self, state: JobState) -> bool:
         t = state.target

@@ -373,18 +373,27 @@ def test_probe_in_the_wait_container() -> None:
     assert "reachable()" not in script
 
 
-def _run_wait_script(tmp_path: Path, probe_answer: str, engine_ok: bool = True) -> tuple[int, str]:
+def _run_wait_script(
+    tmp_path: Path, probe_answer: str, engine_ok: bool = True, answers: int = 1000000
+) -> tuple[int, str]:
     """Runs the wait container's script with stand-ins for docker and sleep: the engine call
     (no --host) succeeds or fails; a probe call (--host) prints probe_answer."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     docker = bin_dir / "docker"
+    # A probe call answers PROBE_ANSWER for the first $ANSWERS calls, then cannot connect (a
+    # policy programmed late); the engine call succeeds or not.
     docker.write_text(
         "#!/bin/sh\n"
-        'case "$1" in --host) echo "$PROBE_ANSWER" >&2; exit 1;; esac\n'
+        'if [ "$1" = --host ]; then n=$(cat "$TMPDIR/calls" 2>/dev/null || echo 0); '
+        'echo $((n+1)) > "$TMPDIR/calls"; '
+        'if [ "$n" -lt "$ANSWERS" ]; then echo "$PROBE_ANSWER" >&2; '
+        'else echo "Cannot connect to the Docker daemon" >&2; fi; exit 1; fi\n'
         f"exit {0 if engine_ok else 1}\n"
     )
-    (bin_dir / "sleep").write_text("#!/bin/sh\nexit 0\n")
+    # The engine wait's half seconds pass at once; the probe's and the grace period's seconds
+    # take a tenth, so the two keep their proportions.
+    (bin_dir / "sleep").write_text('#!/bin/sh\n[ "$1" = 0.5 ] && exit 0\nexec /bin/sleep 0.1\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     script = builders.build_job_pod(make_target())["spec"]["initContainers"][0]["command"][-1]
@@ -393,6 +402,8 @@ def _run_wait_script(tmp_path: Path, probe_answer: str, engine_ok: bool = True) 
         "PROBE_ANSWER": probe_answer,
         "KUBERNETES_SERVICE_HOST": "fd00::1",
         "KUBERNETES_SERVICE_PORT": "443",
+        "TMPDIR": str(tmp_path),
+        "ANSWERS": str(answers),
     }
     done = subprocess.run(
         ["sh", "-c", script], check=False, env=env, capture_output=True, text=True, timeout=60
@@ -415,6 +426,11 @@ def test_probe_fails_when_a_denied_destination_answers(tmp_path: Path) -> None:
     code, err = _run_wait_script(tmp_path, "Client sent an HTTP request to an HTTPS server.")
     assert code == builders.PROBE_REACHABLE_EXIT
     assert "NetworkPolicy is not enforced: [fd00::1]:443" in err
+
+
+def test_probe_waits_for_a_policy_programmed_late(tmp_path: Path) -> None:
+    answer = "Client sent an HTTP request to an HTTPS server."
+    assert _run_wait_script(tmp_path, answer, answers=3) == (0, "")
 
 
 def test_engine_unreachable_still_exit_1(tmp_path: Path) -> None:

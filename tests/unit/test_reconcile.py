@@ -8,6 +8,8 @@ from remote_docker_operator.config import Settings
 from remote_docker_operator.kube import Kube
 from remote_docker_operator.reconcile import Reconciler, parse_spec
 
+from ..support import make_target
+
 
 def body(uid: str, created: str, phase: str | None = None, **spec: Any) -> dict[str, Any]:
     return {
@@ -42,7 +44,7 @@ def test_parse_spec_names_the_field() -> None:
 def test_unlimited_admits_everyone() -> None:
     rec = reconciler()
     states = [rec.observe(body(str(i), f"2026-01-01T00:00:0{i}Z")) for i in range(5)]
-    assert all(rec._admit(s) for s in states)
+    assert all(rec._admit(s) is None for s in states)
 
 
 def test_queue_admits_in_creation_order_up_to_the_limit() -> None:
@@ -53,31 +55,53 @@ def test_queue_admits_in_creation_order_up_to_the_limit() -> None:
     middle = rec.observe(body("b", "2026-01-01T00:00:05Z"))
     assert running.phase == "Running"
     # One slot is free: it goes to the oldest waiting BuildJob, whoever asks first.
-    assert not rec._admit(late)
-    assert not rec._admit(middle)
-    assert rec._admit(early)
+    assert rec._admit(late) is not None
+    assert rec._admit(middle) is not None
+    assert rec._admit(early) is None
     # Admitted but not yet Provisioning still holds its slot.
-    assert not rec._admit(middle)
+    assert rec._admit(middle) is not None
     # A finished BuildJob frees its slot.
     running.status = {"phase": "Succeeded"}
-    assert rec._admit(middle)
-    assert not rec._admit(late)
+    assert rec._admit(middle) is None
+    assert rec._admit(late) is not None
     early.status = {"phase": "Failed"}
-    assert rec._admit(late)
+    assert rec._admit(late) is None
 
 
 def test_deleted_buildjobs_do_not_hold_slots() -> None:
     rec = reconciler(max_running=1)
     old = rec.observe(body("a", "2026-01-01T00:00:00Z", "Running"))
     new = rec.observe(body("b", "2026-01-01T00:00:01Z"))
-    assert not rec._admit(new)
+    assert rec._admit(new) is not None
     old.deleting = True
-    assert rec._admit(new)
+    assert rec._admit(new) is None
 
 
 def test_same_second_goes_in_the_order_seen() -> None:
     rec = reconciler(max_running=1)
     first = rec.observe(body("zzz", "2026-01-01T00:00:00Z"))
     second = rec.observe(body("aaa", "2026-01-01T00:00:00Z"))
-    assert not rec._admit(second)  # uid order would have picked "aaa"
-    assert rec._admit(first)
+    assert rec._admit(second) is not None  # uid order would have picked "aaa"
+    assert rec._admit(first) is None
+
+
+def test_namespace_cap_of_a_class() -> None:
+    rec = reconciler()
+    capped = {"image": "d", "maxEnginesPerNamespace": 1}
+
+    def seen(uid: str, created: str, namespace: str, phase: str | None = None) -> Any:
+        b = body(uid, created, phase)
+        b["metadata"]["namespace"] = namespace
+        state = rec.observe(b)
+        state.target = make_target(b["spec"], capped, uid=uid, namespace=namespace)
+        return state
+
+    running = seen("a", "2026-01-01T00:00:00Z", "ci", "Running")
+    waiting = seen("b", "2026-01-01T00:00:01Z", "ci")
+    elsewhere = seen("c", "2026-01-01T00:00:02Z", "other")
+    message = rec._admit(waiting)
+    assert message is not None
+    assert "maxEnginesPerNamespace" in message
+    assert rec._admit(elsewhere) is None
+    running.status = {"phase": "Succeeded"}
+    assert rec._admit(waiting) is None
