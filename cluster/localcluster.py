@@ -187,7 +187,8 @@ class Cluster:
 
     def install_crds(self, directory: Path) -> None:
         self.kubectl("apply", "--server-side", "-f", str(directory))
-        self.kubectl("wait", "--for=condition=Established", "crd/buildjobs.remotedocker.dev")
+        for crd in sorted(directory.glob("*.yaml")):
+            self.kubectl("wait", "--for=condition=Established", f"crd/{crd.stem}")
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True

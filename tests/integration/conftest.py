@@ -6,11 +6,20 @@ import shutil
 import sys
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes.config import new_client_from_config
 
-from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, operator_for, wait_for
+from ..support import (
+    ARTIFACTS,
+    ROOT,
+    Kube,
+    OperatorProcess,
+    install_chart_identity,
+    operator_for,
+    wait_for,
+)
 
 sys.path.insert(0, str(ROOT / "cluster"))
 from localcluster import BIN, Cluster, Ports
@@ -20,7 +29,14 @@ OPERATOR_ENV = {
     "RDO_LOG_LEVEL": "DEBUG",
     "RDO_RESYNC_SECONDS": "1",
     "RDO_DEFAULT_TTL_SECONDS": "600",
-    "RDO_ENGINE_IMAGE_REPOSITORY": "local/dind",
+}
+# The default class of the tier: local images (kwok pulls nothing), any version of them.
+ENGINE_CLASS = {
+    "image": "local/dind:27",
+    "versionedImage": {"repository": "local/dind"},
+    "allowedImages": ["local/*"],
+    "storage": {"max": "100Gi"},
+    "daemon": {"allowInsecureRegistries": True},
 }
 
 
@@ -29,6 +45,7 @@ def cluster() -> Iterator[Cluster]:
     missing = [
         b
         for b in (
+            "helm",
             "etcd",
             "kube-apiserver",
             "kube-controller-manager",
@@ -57,8 +74,17 @@ def kube(cluster: Cluster) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
-    yield from operator_for(cluster, OPERATOR_ENV)
+def operator_kubeconfig(cluster: Cluster) -> Path:
+    """The chart's ServiceAccount, RBAC, admission policies and a default EngineClass; the
+    operator authenticates as that ServiceAccount."""
+    return install_chart_identity(
+        cluster, BIN / "helm", ENGINE_CLASS, cluster.dir / "operator.token"
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    yield from operator_for(cluster, OPERATOR_ENV, operator_kubeconfig)
 
 
 @pytest.fixture

@@ -202,7 +202,7 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
     (
         "docker-config-wrong-type",
         {"job": JOB, "dockerConfigSecret": {"name": "opaque"}},
-        "has no .dockerconfigjson key",
+        "is of type 'Opaque'; it must be kubernetes.io/dockerconfigjson",
     ),
     (
         "bad-value-from",

@@ -89,6 +89,12 @@ images = st.builds(
     st.lists(_path, min_size=1, max_size=3),
     st.sampled_from(["", ":1", ":27-cli", ":v1.2.3", ":latest", "@sha256:" + "a" * 64]),
 )
+# What the tier's default class allows (local/*); others are the "engine-image-not-allowed" case.
+engine_images = st.builds(
+    lambda parts, tag: "local/" + "/".join(parts) + tag,
+    st.lists(_path, min_size=1, max_size=3),
+    st.sampled_from(["", ":1", ":27-dind", "@sha256:" + "a" * 64]),
+)
 env_names = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_.]{0,15}\Z").filter(
     lambda n: n != "KWOK_EXIT_CODE"
 )
@@ -169,7 +175,7 @@ def valid_specs(draw: st.DrawFn) -> tuple[dict[str, Any], int]:
     engine: dict[str, Any] = draw(engines)
     if draw(st.booleans()) and "version" in engine:
         del engine["version"]
-        engine["image"] = draw(images)
+        engine["image"] = draw(engine_images)
     with_engine = bool(engine) or draw(st.booleans())  # sometimes an empty engine: {}
     if with_engine:
         spec["engine"] = engine
@@ -294,6 +300,16 @@ MUTATIONS: dict[str, tuple[Mutate, str, str]] = {
         lambda s, x: {**s, "engine": {"image": "UP/per"}},
         REFUSED,
         "spec.engine.image",
+    ),
+    "engine-image-not-allowed": (
+        lambda s, x: {**s, "engine": {"image": "ghcr.io/evil/root:1"}},
+        REFUSED,
+        "spec.engine.image",
+    ),
+    "engine-storage-over-class-max": (
+        lambda s, x: _engine(s, storage="1Ei"),
+        REFUSED,
+        "spec.engine.storage",
     ),
     "engine-storage-word": (
         lambda s, x: _engine(s, storage="big"),

@@ -100,15 +100,13 @@ def test_stopped_while_buildjobs_come_and_go(
 
 
 def test_orphan_sweep(kube: Kube, restore_operator: OperatorProcess) -> None:
-    orphan = "bj-orphan0000"
+    owner = "00000000-0000-0000-0000-000000000000"
+    orphan = names.job_namespace("bj-", owner)
     kube.core.create_namespace(
         {
             "metadata": {
                 "name": orphan,
-                "labels": {
-                    names.LABEL_MANAGED_BY: names.APP,
-                    names.LABEL_OWNER_UID: "00000000-0000-0000-0000-000000000000",
-                },
+                "labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: owner},
             }
         }
     )

@@ -15,10 +15,10 @@ from kubernetes.client.exceptions import ApiException
 
 from remote_docker_operator import builders, names
 from remote_docker_operator.builders import Target
-from remote_docker_operator.config import Settings
-from remote_docker_operator.models import BuildJobSpec
 
+from .. import support
 from ..support import ROOT, Kube, OperatorProcess, wait_for
+from .conftest import ENGINE_CLASS
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ SPECS: dict[str, dict[str, Any]] = {
             "resources": {"requests": {"cpu": "100m"}, "limits": {"memory": "1Gi"}},
         },
         "engine": {
-            "version": "26.1",
+            "image": "local/dind:26.1",
             "storage": "5Gi",
             "mtu": 1400,
             "registryMirrors": ["https://mirror.example.com"],
@@ -59,7 +59,7 @@ SPECS: dict[str, dict[str, Any]] = {
 
 
 def make_target(spec: dict[str, Any]) -> Target:
-    return Target("app-build", "ci", UID, BuildJobSpec.model_validate(spec), Settings())
+    return support.make_target(spec, {**ENGINE_CLASS, "image": "docker:27-dind"}, uid=UID)
 
 
 @pytest.fixture(scope="module")

@@ -26,11 +26,9 @@ from localcluster import Cluster
 from yarl import URL
 
 from remote_docker_operator import builders, names
-from remote_docker_operator.config import Settings
-from remote_docker_operator.reconcile import parse_spec
 
-from ..support import Kube, OperatorProcess, wait_for
-from .conftest import OPERATOR_ENV
+from ..support import Kube, OperatorProcess, make_target, wait_for
+from .conftest import ENGINE_CLASS, OPERATOR_ENV
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +36,7 @@ pytestmark = pytest.mark.integration
 THROTTLED = {
     "POST": re.compile(
         r"^/api/v1/namespaces$"
-        r"|^/api/v1/namespaces/[^/]+/(pods|secrets|services)$"
+        r"|^/api/v1/namespaces/[^/]+/(pods|secrets|services|resourcequotas|limitranges)$"
         r"|^/apis/networking\.k8s\.io/v1/namespaces/[^/]+/networkpolicies$"
     ),
     "PATCH": re.compile(
@@ -274,6 +272,7 @@ def child_paths(job_ns: str) -> dict[str, str]:
         "policy engine": f"{policies}/{names.POLICY_ENGINE}",
         "policy job": f"{policies}/{names.POLICY_JOB}",
         "service": f"{base}/services/{names.ENGINE_SERVICE}",
+        "quota": f"{base}/resourcequotas/{names.QUOTA}",
         "secret engine-tls": f"{base}/secrets/{names.ENGINE_TLS_SECRET}",
         "secret docker-client": f"{base}/secrets/{names.CLIENT_SECRET}",
         "engine pod": f"{base}/pods/{names.ENGINE_POD}",
@@ -344,8 +343,8 @@ def test_existing_children_are_adopted_after_throttling(
     offset = log_size(proxied_operator)
     # No operator runs yet: the BuildJob is only known to the API server.
     body = kube.create_buildjob(ns, "adopt", spec(0))
-    target, invalid = parse_spec(body, Settings())
-    assert target is not None, invalid
+    meta = body["metadata"]
+    target = make_target(body["spec"], ENGINE_CLASS, meta["uid"], meta["name"], meta["namespace"])
     job_ns = target.job_namespace
     core, networking = apis(kube)
     namespace = core.create_namespace(builders.build_namespace(target))
