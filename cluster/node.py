@@ -33,6 +33,8 @@ GUARD_CHAIN = "RDO-GUARD"
 # internet", one for a denied range such as the cloud metadata block.
 STAND_IN_INTERNET = "198.18.0.1"
 STAND_IN_DENIED = "198.19.0.1"
+# A second containerd runtime handler: runc behind a wrapper that logs every call.
+TRACED_RUNTIME = "rdo-traced"
 HERE = Path(__file__).resolve().parent
 
 
@@ -161,6 +163,12 @@ state = "{self.dir / "containerd-state"}"
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
+    # runc behind a wrapper that logs each call: a RuntimeClass with this handler is seen used.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{TRACED_RUNTIME}]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{TRACED_RUNTIME}.options]
+        SystemdCgroup = false
+        BinaryName = "{self.traced_runc()}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.cni_conf}"
@@ -171,6 +179,18 @@ state = "{self.dir / "containerd-state"}"
             if time.monotonic() > deadline:
                 raise TimeoutError(f"containerd did not start; see {self.c.logs}/containerd.log")
             time.sleep(0.2)
+
+    def traced_runc(self) -> Path:
+        """The traced handler's runc: logs its arguments to traced_runc_log, then is runc."""
+        wrapper = self.dir / "runc-traced"
+        runc = shutil.which("runc") or "/usr/sbin/runc"
+        wrapper.write_text(f'#!/bin/sh\necho "$*" >> {self.traced_runc_log}\nexec {runc} "$@"\n')
+        wrapper.chmod(0o755)
+        return wrapper
+
+    @property
+    def traced_runc_log(self) -> Path:
+        return self.dir / "runc-traced.log"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return sh("ctr", "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
@@ -324,6 +344,16 @@ state = "{self.dir / "containerd-state"}"
                 "--metrics-port=0",
                 "--v=1",
             ],
+        )
+
+    def firewall_down(self) -> None:
+        """Stops kube-router and removes its rules: NetworkPolicy is no longer enforced (the
+        tests' stand-in for a network plugin that ignores policies). firewall_up() restores."""
+        self.c.stop("kube-router")
+        subprocess.run(
+            [str(self.bin / "kube-router"), "--cleanup-config"],
+            check=False,
+            capture_output=True,
         )
 
     def addons_up(self) -> None:

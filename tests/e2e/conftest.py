@@ -12,23 +12,22 @@ from pathlib import Path
 import pytest
 from kubernetes.config import new_client_from_config
 
-from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, operator_for
+from remote_docker_operator.models import DEFAULT_DENIED_CIDRS
+
+from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, install_chart_identity, operator_for
 
 sys.path.insert(0, str(ROOT / "cluster"))
 from localcluster import BIN, Cluster, Ports
 from node import STAND_IN_DENIED, STAND_IN_INTERNET
 
-# The default denied ranges plus the stand-in for "a denied range" (e.g. cloud metadata) that
-# holds a server of the tests' own.
-DENIED = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,100.64.0.0/10,169.254.0.0/16," + (
-    f"{STAND_IN_DENIED.rsplit('.', 2)[0]}.0.0/16"
-)
-OPERATOR_ENV = {
-    "RDO_RESYNC_SECONDS": "2",
-    "RDO_ENGINE_IMAGE_REPOSITORY": "rdo.local/dind",
-    "RDO_ENGINE_VERSION": "20.10",
-    "RDO_ENGINE_IMAGE_SUFFIX": "",
-    "RDO_DENIED_CIDRS": DENIED,
+OPERATOR_ENV = {"RDO_RESYNC_SECONDS": "2"}
+# The default class of the tier: the engine image built here, and the default denied ranges plus
+# the stand-in for "a denied range" (e.g. cloud metadata) that holds a server of the tests' own.
+ENGINE_CLASS = {
+    "image": "rdo.local/dind:20.10",
+    "versionedImage": {"repository": "rdo.local/dind", "tagSuffix": ""},
+    "allowedImages": ["rdo.local/*"],
+    "deniedCidrs": [*DEFAULT_DENIED_CIDRS, f"{STAND_IN_DENIED.rsplit('.', 2)[0]}.0.0/16"],
 }
 JOB_IMAGE = "rdo.local/job:1"
 HELM = str(BIN / "helm")
@@ -58,8 +57,17 @@ def kube(cluster: Cluster) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster) -> Iterator[OperatorProcess]:
-    yield from operator_for(cluster, OPERATOR_ENV)
+def operator_kubeconfig(cluster: Cluster) -> Path:
+    """The chart's ServiceAccount, RBAC, admission policies and a default EngineClass; the
+    operator authenticates as that ServiceAccount."""
+    return install_chart_identity(
+        cluster, BIN / "helm", ENGINE_CLASS, cluster.dir / "operator.token"
+    )
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: Cluster, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
+    yield from operator_for(cluster, OPERATOR_ENV, operator_kubeconfig)
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,29 @@
 """The Helm chart on the real cluster: install with the locally built operator image, helm test,
-a BuildJob, an upgrade whose new setting takes effect, and an uninstall that leaves only the CRD.
+a BuildJob, an upgrade whose new setting takes effect, and an uninstall that leaves only the CRDs.
 """
 
 import json
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ..support import ROOT, Kube, OperatorProcess, wait_for
-from .conftest import BUSYBOX, HELM, JOB_IMAGE
+from ..support import (
+    ROOT,
+    Kube,
+    OperatorProcess,
+    install_chart_identity,
+    uninstall_chart_identity,
+    wait_for,
+)
+from .conftest import BUSYBOX, ENGINE_CLASS, HELM, JOB_IMAGE
 
 pytestmark = pytest.mark.e2e
 
 RELEASE, NAMESPACE = "rdo", "rdo-system"
+POLICIES = ("buildjob-class", "job-namespaces", "operator-guard")
 CHART = str(ROOT / "charts" / "remote-docker-operator")
 VALUES = [
     "--set",
@@ -23,12 +32,8 @@ VALUES = [
     "image.tag=0.1.0",
     "--set",
     "image.pullPolicy=Never",
-    "--set",
-    "operator.engineImageRepository=rdo.local/dind",
-    "--set",
-    "operator.engineVersion=20.10",
-    "--set",
-    "operator.engineImageSuffix=",
+    "--set-json",
+    f"engineClass.spec={json.dumps(ENGINE_CLASS)}",
     "--set",
     f"test.jobImage={JOB_IMAGE}",
 ]
@@ -44,16 +49,19 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def helm(cluster: Any, operator: OperatorProcess) -> Iterator[Any]:
     """helm and kubectl against the cluster, with the test session's operator process stopped
-    (the chart's operator must be the only one) and started again afterwards."""
+    (the chart's operator must be the only one) and its chart objects (the same release's
+    ServiceAccount, RBAC, policies and class) handed to Helm, then back afterwards."""
 
     def helm_(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return run(HELM, "--kubeconfig", str(cluster.kubeconfig), *args, check=check)
 
     operator.stop()
+    uninstall_chart_identity(cluster, Path(HELM), ENGINE_CLASS)
     try:
         yield helm_
     finally:
         helm_("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
+        install_chart_identity(cluster, Path(HELM), ENGINE_CLASS, cluster.dir / "operator.token")
         operator.start()
 
 
@@ -65,6 +73,9 @@ def chart_objects(cluster: Any) -> dict[str, list[str]]:
         ("serviceaccounts", True),
         ("clusterroles", False),
         ("clusterrolebindings", False),
+        ("engineclasses", False),
+        ("validatingadmissionpolicies", False),
+        ("validatingadmissionpolicybindings", False),
     ):
         scope = ["-n", NAMESPACE] if namespaced else []
         out = cluster.kubectl(
@@ -87,7 +98,11 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
     helm("install", RELEASE, CHART, "-n", NAMESPACE, *VALUES, "--wait", "--timeout", "180s")
     cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment", "--timeout=120s")
     tested = helm("test", RELEASE, "-n", NAMESPACE, "--timeout", "300s", check=False)
-    assert tested.returncode == 0, tested.stdout + tested.stderr
+    if tested.returncode:
+        logs = cluster.kubectl(
+            "logs", "-n", NAMESPACE, "rdo-remote-docker-operator-test", check=False
+        )
+        raise AssertionError(tested.stdout + tested.stderr + logs.stdout + logs.stderr)
     assert "Phase:          Succeeded" in tested.stdout
 
     kube.create_namespace("helm-e2e")
@@ -133,18 +148,22 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
             timeout=60,
             what=f"BuildJob {name} deleted by the chart's operator",
         )
+    policies = [f"rdo-remote-docker-operator-{p}" for p in POLICIES]
     assert chart_objects(cluster) == {
         "deployments": ["rdo-remote-docker-operator"],
         "serviceaccounts": ["rdo-remote-docker-operator"],
-        "clusterroles": ["rdo-remote-docker-operator"],
+        "clusterroles": [
+            "rdo-remote-docker-operator",
+            "rdo-remote-docker-operator-edit",
+            "rdo-remote-docker-operator-view",
+        ],
         "clusterrolebindings": ["rdo-remote-docker-operator"],
+        "engineclasses": ["standard"],
+        "validatingadmissionpolicies": policies,
+        "validatingadmissionpolicybindings": policies,
     }
     helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
-    assert chart_objects(cluster) == {
-        "deployments": [],
-        "serviceaccounts": [],
-        "clusterroles": [],
-        "clusterrolebindings": [],
-    }
-    assert cluster.kubectl("get", "crd", "buildjobs.remotedocker.dev").returncode == 0
+    assert all(not objects for objects in chart_objects(cluster).values())
+    for crd in ("buildjobs.remotedocker.dev", "engineclasses.remotedocker.dev"):
+        assert cluster.kubectl("get", "crd", crd).returncode == 0
     kube.core.delete_namespace("helm-e2e")
