@@ -15,6 +15,7 @@ Run with `make bench-latency` (or `python bench/latency.py --help`).
 """
 
 import argparse
+import json
 import os
 import time
 import uuid
@@ -27,18 +28,14 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.config import new_client_from_config
 from localcluster import Cluster, Ports
 from node import NODE_IP
-from tests.support import OperatorProcess
+from tests.support import OperatorProcess, engine_class
 
 from remote_docker_operator import names
 
 ENGINE_IMAGE = "rdo.local/dind:20.10"
 JOB_IMAGE = "rdo.local/job:1"
 BUSYBOX = "rdo.local/busybox:1.36"
-ENV = {
-    "RDO_ENGINE_IMAGE_REPOSITORY": "rdo.local/dind",
-    "RDO_ENGINE_VERSION": "20.10",
-    "RDO_ENGINE_IMAGE_SUFFIX": "",
-}
+ENV: dict[str, str] = {}
 BUILD = f"""set -e
 docker load -i /images/busybox.tar >/dev/null
 mkdir -p /tmp/app && cd /tmp/app
@@ -195,6 +192,12 @@ def measure(cluster: Cluster, rounds: int) -> int:
     # This benchmark runs its own operator: remove the one `make up` installed, if any.
     cluster.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")
     cluster.install_crds(ROOT / "crds")
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps(engine_class("bench", {"image": ENGINE_IMAGE}, default=True)),
+    )
     client = new_client_from_config(str(cluster.kubeconfig))
     custom, core = CustomObjectsApi(client), CoreV1Api(client)
     ns = f"bench-{uuid.uuid4().hex[:6]}"

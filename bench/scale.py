@@ -28,7 +28,7 @@ from common import RESULTS, ROOT, Progress, describe, report, wait_until
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes.config import load_kube_config
 from localcluster import Cluster, Ports
-from tests.support import OperatorProcess
+from tests.support import OperatorProcess, engine_class
 
 from remote_docker_operator import names
 
@@ -36,7 +36,6 @@ OPERATOR_USER = "remote-docker-operator"
 NAMESPACE = "bench"
 ENV = {
     "RDO_LOG_LEVEL": os.environ.get("RDO_LOG_LEVEL", "INFO"),
-    "RDO_ENGINE_IMAGE_REPOSITORY": "local/dind",
 }
 
 
@@ -157,6 +156,8 @@ def main() -> int:
 
 def run(cluster: Cluster, args: argparse.Namespace) -> int:
     cluster.install_crds(ROOT / "crds")
+    default = engine_class("bench", {"image": "local/dind:27"}, default=True)
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(default))
     client = client_for(cluster.kubeconfig)
     api, core = CustomObjectsApi(client), CoreV1Api(client)
     core.create_namespace({"metadata": {"name": NAMESPACE}})

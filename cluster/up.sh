@@ -16,14 +16,17 @@ step "Kubernetes, etcd, kube-router, helm from the Go module proxy"; cluster/bui
 step "Images, cluster (logs in $RDO_CLUSTER_DIR/logs)"
 "$PY" cluster/localcluster.py up --tier real --dir "$RDO_CLUSTER_DIR"
 "$KUBECTL" apply --server-side -f crds/ >/dev/null
-"$KUBECTL" wait --for=condition=Established crd/buildjobs.remotedocker.dev >/dev/null
+"$KUBECTL" wait --for=condition=Established crd/buildjobs.remotedocker.dev \
+  crd/engineclasses.remotedocker.dev >/dev/null
 
 step "Operator: the Helm chart, with the operator image built here"
 "$RDO_CACHE/bin/helm" --kubeconfig "$KUBECONFIG" upgrade --install remote-docker-operator \
   charts/remote-docker-operator -n remote-docker-operator --create-namespace \
   --set image.repository=rdo.local/remote-docker-operator --set image.pullPolicy=Never \
-  --set operator.engineImageRepository=rdo.local/dind --set operator.engineVersion=20.10 \
-  --set operator.engineImageSuffix= --set test.jobImage=rdo.local/job:1 --wait --timeout 180s
+  --set engineClass.spec.image=rdo.local/dind:20.10 \
+  --set engineClass.spec.versionedImage.repository=rdo.local/dind \
+  --set engineClass.spec.versionedImage.tagSuffix= \
+  --set test.jobImage=rdo.local/job:1 --wait --timeout 180s
 "$KUBECTL" -n remote-docker-operator get deployment remote-docker-operator
 
 step "examples/hello.yaml"
