@@ -1,7 +1,8 @@
 """The thin layer that talks to the API server.
 
-Creates are idempotent (409 means the object is already there: it is adopted), deletes and reads
-of missing objects are no-ops (404), and 429 responses are retried after their Retry-After.
+Creates are idempotent (409: the object is already there, and the reconciler decides whether it
+may adopt it), deletes and reads of missing objects are no-ops (404), and 429 responses are
+retried after their Retry-After.
 Objects travel as plain dicts over the kubernetes client's REST transport (its configuration,
 authentication and TLS): the builders' manifests go out as they are, so the API server (not a
 client-side model) judges them, and responses are read as raw JSON, which is also much cheaper
@@ -108,18 +109,6 @@ class Kube:
             raise
         logger.info("Created %s %s", kind.lower(), _ref(meta))
         return created
-
-    def ensure(self, manifest: Obj) -> Obj:
-        """Creates the object or, if it exists, returns the existing one (create-or-adopt)."""
-        created = self.create(manifest)
-        if created is not None:
-            return created
-        meta = manifest["metadata"]
-        existing = self.get(manifest["kind"], meta.get("namespace"), meta["name"])
-        if existing is None:  # deleted between our 409 and our read: try once more
-            return self.ensure(manifest)
-        logger.info("Adopted existing %s %s", manifest["kind"].lower(), _ref(meta))
-        return existing
 
     def get(self, kind: str, namespace: str | None, name: str) -> Obj | None:
         try:

@@ -172,6 +172,33 @@ true
     }
 
 
+@pytest.mark.parametrize(("egress", "expected"), [("Internet", "open"), ("None", "closed")])
+def test_job_egress(
+    kube: Kube,
+    operator: OperatorProcess,
+    ns: str,
+    servers: dict[str, Any],
+    egress: str,
+    expected: str,
+) -> None:
+    """jobEgress decides whether the job reaches the (stand-in) internet; its engine and DNS
+    it reaches either way (the positive controls of the closed case)."""
+    internet = servers["internet"]
+    script = (
+        PROBE
+        + f"""docker version >/dev/null 2>&1 && echo "CHECK own-engine-tls=open"
+getent hosts kubernetes.default.svc.cluster.local >/dev/null && echo "CHECK dns=open"
+probe job-internet {internet[0]} {internet[1]}
+true
+"""
+    )
+    kube.create_buildjob(ns, "egress", job(script, network={"jobEgress": egress}))
+    status = kube.wait_phase(ns, "egress", "Succeeded", "Failed", timeout=300)
+    output = job_log(kube, status)
+    assert status["phase"] == "Succeeded", (status, output)
+    assert checks(output) == {"own-engine-tls": "open", "dns": "open", "job-internet": expected}
+
+
 MATRIX_SIZE = 3
 
 
