@@ -28,7 +28,7 @@ from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.config import new_client_from_config
 from localcluster import Cluster, Ports
 from node import NODE_IP
-from tests.support import OperatorProcess, engine_class
+from tests.support import OperatorProcess, engine_class, uninstall_make_up
 
 from remote_docker_operator import names
 
@@ -190,7 +190,7 @@ def main() -> int:
 
 def measure(cluster: Cluster, rounds: int) -> int:
     # This benchmark runs its own operator: remove the one `make up` installed, if any.
-    cluster.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")
+    uninstall_make_up(cluster)
     cluster.install_crds(ROOT / "crds")
     cluster.kubectl(
         "apply",

@@ -31,7 +31,9 @@ step "Operator: the Helm chart, with the operator image built here"
 
 step "examples/hello.yaml"
 "$KUBECTL" delete buildjob hello --ignore-not-found --wait >/dev/null
-"$KUBECTL" apply -f examples/hello.yaml
+# Just after the API server starts, its admission policies may not resolve the EngineClass kind
+# for a few seconds ("failed to find resource referenced by paramKind"): try again meanwhile.
+for _ in $(seq 30); do "$KUBECTL" apply -f examples/hello.yaml && break; sleep 1; done
 for _ in $(seq 300); do
   phase=$("$KUBECTL" get bj hello -o jsonpath='{.status.phase}')
   [ "$phase" = Running ] || [ "$phase" = Succeeded ] || [ "$phase" = Failed ] && break

@@ -301,3 +301,15 @@ def uninstall_chart_identity(cluster: Any, helm: Path, engine_class: dict[str, A
     """Removes what install_chart_identity applied (so a real `helm install` can own it)."""
     rendered = render_chart_identity(helm, engine_class)
     cluster.kubectl("delete", "--ignore-not-found", "--wait", "-f", "-", input=rendered)
+
+
+def uninstall_make_up(cluster: Any) -> None:
+    """Removes the release `make up` installs (cluster/up.sh), cluster-wide objects and all."""
+    helm = Path(os.environ.get("RDO_CACHE", "/var/cache/remote-docker-operator")) / "bin" / "helm"
+    release = ("remote-docker-operator", "-n", "remote-docker-operator")
+    subprocess.run(
+        [str(helm), "--kubeconfig", str(cluster.kubeconfig), "uninstall", *release, "--wait"],
+        check=False,
+        capture_output=True,
+    )
+    cluster.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")

@@ -14,7 +14,16 @@ from kubernetes.config import new_client_from_config
 
 from remote_docker_operator.models import DEFAULT_DENIED_CIDRS
 
-from ..support import ARTIFACTS, ROOT, Kube, OperatorProcess, install_chart_identity, operator_for
+from ..support import (
+    ARTIFACTS,
+    ROOT,
+    Kube,
+    OperatorProcess,
+    install_chart_identity,
+    operator_for,
+    uninstall_chart_identity,
+    uninstall_make_up,
+)
 
 sys.path.insert(0, str(ROOT / "cluster"))
 from localcluster import BIN, Cluster, Ports
@@ -41,8 +50,9 @@ def cluster() -> Iterator[Cluster]:
     )
     started_here = not c.running()
     c.up()
-    # The tests run their own operator: remove the one `make up` installed, if any.
-    c.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")
+    # The tests run their own operator: remove the one `make up` installed, if any (with its
+    # cluster-wide objects: its admission policies would hold the tests' operator back).
+    uninstall_make_up(c)
     c.install_crds(ROOT / "crds")
     try:
         yield c
@@ -57,12 +67,14 @@ def kube(cluster: Cluster) -> Kube:
 
 
 @pytest.fixture(scope="session")
-def operator_kubeconfig(cluster: Cluster) -> Path:
+def operator_kubeconfig(cluster: Cluster) -> Iterator[Path]:
     """The chart's ServiceAccount, RBAC, admission policies and a default EngineClass; the
-    operator authenticates as that ServiceAccount."""
-    return install_chart_identity(
+    operator authenticates as that ServiceAccount. Removed after the session: the cluster may
+    be `make up`'s, whose own release must not meet them."""
+    yield install_chart_identity(
         cluster, BIN / "helm", ENGINE_CLASS, cluster.dir / "operator.token"
     )
+    uninstall_chart_identity(cluster, BIN / "helm", ENGINE_CLASS)
 
 
 @pytest.fixture(scope="session")
