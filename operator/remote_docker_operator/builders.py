@@ -4,7 +4,9 @@ This module is the one place that knows the shape of each child: the reconciler 
 what these return, and the unit tests check them as data.
 """
 
+import hashlib
 import ipaddress
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +51,7 @@ class Target:
 
     @property
     def deadline_seconds(self) -> int:
-        return self.spec.active_deadline_seconds or self.settings.default_deadline_seconds
+        return deadline_seconds(self.spec, self.settings)
 
     @property
     def pod_deadline_seconds(self) -> int:
@@ -60,8 +62,19 @@ class Target:
 
     @property
     def ttl_seconds(self) -> int:
-        ttl = self.spec.ttl_seconds_after_finished
-        return self.settings.default_ttl_seconds if ttl is None else ttl
+        return ttl_seconds(self.spec, self.settings)
+
+
+def deadline_seconds(spec: BuildJobSpec | None, settings: Settings) -> int:
+    """The BuildJob's activeDeadlineSeconds, else the operator's default."""
+    given = spec.active_deadline_seconds if spec is not None else None
+    return given or settings.default_deadline_seconds
+
+
+def ttl_seconds(spec: BuildJobSpec, settings: Settings) -> int:
+    """The BuildJob's ttlSecondsAfterFinished (0 included), else the operator's default."""
+    ttl = spec.ttl_seconds_after_finished
+    return settings.default_ttl_seconds if ttl is None else ttl
 
 
 def owner_labels(t: Target, component: str | None = None) -> dict[str, str]:
@@ -80,16 +93,28 @@ def _meta(t: Target, name: str, component: str | None = None) -> Manifest:
     return {"name": name, "namespace": t.job_namespace, "labels": owner_labels(t, component)}
 
 
+def stamped(manifest: Manifest) -> Manifest:
+    """The manifest, annotated with a hash of itself: a child carries what it was built from,
+    so the reconciler sees when what exists is no longer what the operator would build (its
+    content edited, or an operator upgrade building it differently)."""
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    meta = manifest["metadata"]
+    meta["annotations"] = {**meta.get("annotations", {}), names.ANNOTATION_BUILT_FROM: digest}
+    return manifest
+
+
 def build_namespace(t: Target) -> Manifest:
     labels = owner_labels(t)
     labels[names.LABEL_ENGINE_CLASS] = t.engine.class_name
     # dind needs a privileged pod; the job pod itself stays within "restricted" but runAsNonRoot.
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
-    return {
-        "apiVersion": "v1",
-        "kind": "Namespace",
-        "metadata": {"name": t.job_namespace, "labels": labels},
-    }
+    return stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": t.job_namespace, "labels": labels},
+        }
+    )
 
 
 # What a job namespace ever holds: two pods, one Service, the TLS pair, up to 8 pull secrets and
@@ -109,12 +134,14 @@ QUOTA_HARD: Manifest = {
 
 
 def build_quota(t: Target) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": _meta(t, names.QUOTA),
-        "spec": {"hard": dict(QUOTA_HARD)},
-    }
+    return stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "ResourceQuota",
+            "metadata": _meta(t, names.QUOTA),
+            "spec": {"hard": dict(QUOTA_HARD)},
+        }
+    )
 
 
 def build_limit_range(t: Target) -> Manifest | None:
@@ -123,21 +150,23 @@ def build_limit_range(t: Target) -> Manifest | None:
     most = t.engine.resource_max
     if not most:
         return None
-    return {
-        "apiVersion": "v1",
-        "kind": "LimitRange",
-        "metadata": _meta(t, names.LIMIT_RANGE),
-        "spec": {
-            "limits": [
-                {
-                    "type": "Container",
-                    "max": dict(most),
-                    "default": dict(most),
-                    "defaultRequest": dict(t.engine.default_request),
-                }
-            ]
-        },
-    }
+    return stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "LimitRange",
+            "metadata": _meta(t, names.LIMIT_RANGE),
+            "spec": {
+                "limits": [
+                    {
+                        "type": "Container",
+                        "max": dict(most),
+                        "default": dict(most),
+                        "defaultRequest": dict(t.engine.default_request),
+                    }
+                ]
+            },
+        }
+    )
 
 
 # -- network policies -------------------------------------------------------------------------
@@ -172,12 +201,14 @@ def build_network_policies(t: Target) -> list[Manifest]:
     internet = {"to": _internet_peers(list(t.engine.denied_cidrs))}
 
     def policy(name: str, spec: Manifest) -> Manifest:
-        return {
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": _meta(t, name),
-            "spec": spec,
-        }
+        return stamped(
+            {
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": _meta(t, name),
+                "spec": spec,
+            }
+        )
 
     job_egress = [
         {
@@ -298,39 +329,43 @@ def build_secret_copy(t: Target, source: Manifest, name: str) -> Manifest:
     """A copy of a user's registry credentials (pull secret or docker config) inside the job
     namespace: its type and its one credential key, nothing else the Secret may hold."""
     key = registry_key(source)
-    return {
-        "apiVersion": "v1",
-        "kind": "Secret",
-        "metadata": _meta(t, name),
-        "type": source["type"],
-        "data": {key: source["data"][key]} if key else {},
-    }
+    return stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": _meta(t, name),
+            "type": source["type"],
+            "data": {key: source["data"][key]} if key else {},
+        }
+    )
 
 
 # -- service and pods -------------------------------------------------------------------------
 
 
 def build_engine_service(t: Target) -> Manifest:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": _meta(t, names.ENGINE_SERVICE, names.COMPONENT_ENGINE),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {
-                names.LABEL_OWNER_UID: t.uid,
-                names.LABEL_COMPONENT: names.COMPONENT_ENGINE,
+    return stamped(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _meta(t, names.ENGINE_SERVICE, names.COMPONENT_ENGINE),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": {
+                    names.LABEL_OWNER_UID: t.uid,
+                    names.LABEL_COMPONENT: names.COMPONENT_ENGINE,
+                },
+                "ports": [
+                    {
+                        "name": "docker-tls",
+                        "protocol": "TCP",
+                        "port": names.ENGINE_PORT,
+                        "targetPort": names.ENGINE_PORT,
+                    }
+                ],
             },
-            "ports": [
-                {
-                    "name": "docker-tls",
-                    "protocol": "TCP",
-                    "port": names.ENGINE_PORT,
-                    "targetPort": names.ENGINE_PORT,
-                }
-            ],
-        },
-    }
+        }
+    )
 
 
 def dockerd_args(t: Target) -> list[str]:

@@ -40,3 +40,13 @@ class ForeignObject(Refusal):
     left alone, and nothing of the BuildJob's (credentials included) goes near it."""
 
     reason = st.FOREIGN_OBJECT
+
+
+class NotYet(Exception):
+    """A step cannot go on yet, but will soon without anyone's help (say, the job namespace's
+    default ServiceAccount appearing): the reconciler tries this BuildJob again after `delay`
+    seconds instead of sleeping in a handler."""
+
+    def __init__(self, why: str, delay: float) -> None:
+        super().__init__(why)
+        self.delay = delay

@@ -5,6 +5,7 @@ Handlers are sync functions: kopf runs them in its thread pool, so the blocking 
 client never stalls the event loop.
 """
 
+import asyncio
 import logging
 from typing import Any, cast
 
@@ -12,16 +13,34 @@ import kopf
 
 from . import names
 from .config import get_settings
+from .decide import ACTIVE_PHASES
 from .kube import Kube, Obj, load_config
-from .reconcile import ACTIVE_PHASES, Reconciler
+from .reconcile import Reconciler, Requeue
 
 SETTINGS = get_settings()
 WORKERS = 16
-_state: dict[str, Reconciler] = {}
 
 
-def reconciler() -> Reconciler:
-    return _state["reconciler"]
+def reconciler(memo: kopf.Memo) -> Reconciler:
+    """The operator's one Reconciler, made at start-up and kept in kopf's memo."""
+    return cast(Reconciler, memo.reconciler)
+
+
+def requeue_on(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> Requeue:
+    """Runs a BuildJob through the reconciler again after a delay, on the event loop's timer
+    and in kopf's thread pool, as a kopf.TemporaryError(delay=...) would for a change handler:
+    no thread sleeps meanwhile."""
+
+    def fire(uid: str) -> None:
+        rec = reconciler(memo)
+        state = rec.jobs.get(uid)
+        if state is not None:
+            loop.run_in_executor(None, rec.reconcile, state)
+
+    def requeue(uid: str, delay: float) -> None:
+        loop.call_soon_threadsafe(loop.call_later, delay, fire, uid)
+
+    return requeue
 
 
 def post_event(ref: Obj, type_: str, reason: str, message: str) -> None:
@@ -30,7 +49,9 @@ def post_event(ref: Obj, type_: str, reason: str, message: str) -> None:
 
 
 @kopf.on.startup()
-def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> None:
+async def startup(
+    settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
     settings.persistence.finalizer = names.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
@@ -48,7 +69,13 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
     settings.scanning.disabled = True
 
     load_config(pool_size=WORKERS)
-    rec = Reconciler(Kube(), SETTINGS, post_event)
+    rec = Reconciler(Kube(), SETTINGS, post_event, requeue_on(asyncio.get_running_loop(), memo))
+    # Blocking reads: off the event loop.
+    await asyncio.to_thread(_load, rec, logger)
+    memo.reconciler = rec
+
+
+def _load(rec: Reconciler, logger: kopf.Logger) -> None:
     # Know every class, every job namespace and every BuildJob before admitting any, so the
     # queue's limits and order hold at once and no BuildJob is resolved against a class not
     # seen yet.
@@ -59,12 +86,11 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
         rec.observe(body)
     for namespace in rec.sweep_orphans(managed):
         logger.info("Deleted orphaned namespace %s", namespace)
-    _state["reconciler"] = rec
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
-def buildjob_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    rec = reconciler()
+def buildjob_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    rec = reconciler(memo)
     if type == "DELETED":
         rec.forget(body.metadata.uid or "")
         rec.start_queued()
@@ -77,14 +103,14 @@ def buildjob_event(body: kopf.Body, type: str | None, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "pods", labels={names.LABEL_MANAGED_BY: names.APP})
-def pod_event(body: kopf.Body, type: str | None, **_: Any) -> None:
-    reconciler().pod_event(dict(body), deleted=type == "DELETED")
+def pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    reconciler(memo).pod_event(dict(body), deleted=type == "DELETED")
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.CLASS_PLURAL)
-def engineclass_event(body: kopf.Body, type: str | None, **_: Any) -> None:
+def engineclass_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     """Classes are read from memory when a BuildJob is admitted; this keeps them current."""
-    classes = reconciler().classes
+    classes = reconciler(memo).classes
     if type == "DELETED":
         classes.pop(body.metadata.name or "", None)
     else:
@@ -105,13 +131,13 @@ def engineclass_event(body: kopf.Body, type: str | None, **_: Any) -> None:
     # annotation, which would cost one more write per BuildJob once cleanedUp is set.
     when=lambda status, **_: not status.get("cleanedUp"),
 )
-def resync(body: kopf.Body, **_: Any) -> None:
-    """Deadlines, TTLs, the queue, and children deleted behind our back."""
-    rec = reconciler()
+def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Deadlines, TTLs, the queue, and children deleted or changed behind our back."""
+    rec = reconciler(memo)
     state = rec.observe(dict(body))
     rec.reconcile(state, drift_check=state.phase in ACTIVE_PHASES)
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
-def delete(body: kopf.Body, **_: Any) -> None:
-    reconciler().delete(dict(body))
+def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconciler(memo).delete(dict(body))

@@ -34,6 +34,8 @@ LABEL_OWNER_UID = f"{GROUP}/buildjob-uid"
 LABEL_ENGINE_CLASS = f"{GROUP}/engine-class"
 # Annotation on both TLS secrets: they belong together only when their CA fingerprints match.
 ANNOTATION_CA_FINGERPRINT = f"{GROUP}/ca-fingerprint"
+# A hash of the manifest a child was built from (builders.stamped).
+ANNOTATION_BUILT_FROM = f"{GROUP}/built-from"
 
 COMPONENT_ENGINE = "engine"
 COMPONENT_JOB = "job"

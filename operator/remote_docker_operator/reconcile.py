@@ -1,8 +1,11 @@
-"""Reconciliation: from a BuildJob and what exists, decide and do the next steps.
+"""Reconciliation, the acting half: gathers what `decide` needs, does what it returns.
 
 Level-triggered and idempotent: every step can run again, after a crash or alongside a stale
-event, and converges. Triggers are the BuildJob's own events, its pods' events and a resync
-timer; one lock per BuildJob keeps them from interleaving.
+event, and converges. Triggers are the BuildJob's own events, its pods' events, a resync timer
+and requeues (errors.NotYet); one lock per BuildJob keeps them from interleaving. What to do
+next is decide.py's (pure); who may start, queue.py's (pure); what objects look like,
+builders.py's (pure). This module makes the API calls, and `_guarded_step` is the one place a
+failure becomes a BuildJob's status.
 """
 
 import datetime
@@ -10,85 +13,33 @@ import itertools
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from pydantic import ValidationError
 
-from . import builders, certs, classes, failpoints, names, pods
+from . import builders, certs, classes, decide, failpoints, names, queue
 from . import status as st
 from .builders import Target
 from .config import Settings
-from .errors import ChildLost, ForeignObject, InvalidSpec, Refusal
+from .decide import Action, Known
+from .errors import ChildLost, ForeignObject, InvalidSpec, NotYet, Refusal
+from .jobstate import JobState, parse_spec
 from .kube import Kube, Obj
-from .models import TERMINAL_PHASES, BuildJob, BuildJobSpec
+from .models import TERMINAL_PHASES, BuildJobSpec
 
 logger = logging.getLogger(__name__)
 
-ACTIVE_PHASES = frozenset({"Provisioning", "Running"})
 LOCK_WAIT_SECONDS = 60
-SA_RETRIES = 100
+# A new namespace's "default" ServiceAccount appears a moment after the namespace.
 SA_RETRY_SECONDS = 0.1
+MAX_RETRY_SECONDS = 30.0
 # Certificates outlive the deadline by this much: enough for the job's last `docker` calls.
 CERT_MARGIN = datetime.timedelta(hours=1)
 
 # Records a Kubernetes Event on the BuildJob: (buildjob ref, type, reason, message).
 EventSink = Callable[[Obj, str, str, str], None]
-
-
-@dataclass
-class JobState:
-    """What the operator remembers of one BuildJob between triggers."""
-
-    uid: str
-    namespace: str
-    name: str
-    created: str  # creationTimestamp: the queue's order (to the second)
-    seen: int  # the order this operator first saw it in: breaks ties within a second
-    generation: int | None
-    spec: BuildJobSpec | None
-    invalid: str | None  # why the spec cannot work, when it cannot
-    status: st.Status
-    # Never read from the BuildJob (its status is writable by more than the operator): the
-    # namespace this operator found labelled for the uid at start-up, else made from the prefix.
-    job_namespace: str
-    # The BuildJob with its class resolved; set when it is admitted, or found running.
-    target: Target | None = None
-    has_finalizer: bool = False
-    deleting: bool = False
-    gone: bool = False
-    admitted: bool = False
-    provisioned: bool = False
-    cleaned: bool = False  # engine (and a cut-short job's pod) deleted after finishing
-    # The newest body of each child pod from the pod watch (None: deleted), so that following
-    # a job costs no reads; a pod not seen yet is read from the API server.
-    pods: dict[str, Obj | None] = field(default_factory=dict)
-    lock: threading.RLock = field(default_factory=threading.RLock)
-
-    @property
-    def phase(self) -> str | None:
-        return self.status.get("phase")
-
-    @property
-    def ref(self) -> Obj:
-        return {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
-        }
-
-
-def parse_spec(body: Obj) -> tuple[BuildJobSpec | None, str | None]:
-    try:
-        job = BuildJob.model_validate({"spec": body.get("spec")})
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = "spec." + ".".join(str(p) for p in first["loc"][1:])
-        return None, f"{where}: {first['msg']}"
-    return job.spec, None
+# Runs the BuildJob of this uid through `reconcile` again after so many seconds.
+Requeue = Callable[[str, float], None]
 
 
 class Reconciler:
@@ -97,11 +48,13 @@ class Reconciler:
         kube: Kube,
         settings: Settings,
         events: EventSink,
+        requeue: Requeue,
         clock: Callable[[], datetime.datetime] = st.now,
     ) -> None:
         self.kube = kube
         self.settings = settings
         self.events = events
+        self.requeue = requeue
         self.clock = clock
         self.jobs: dict[str, JobState] = {}
         # EngineClasses by name, kept current by their watch (handlers.py).
@@ -148,13 +101,17 @@ class Reconciler:
             state.pods[name] = self._owned(state, "Pod", name)
         return state.pods[name]
 
-    def _owned(self, state: JobState, kind: str, name: str) -> Obj | None:
-        """The child of that name in the job namespace, if it is this BuildJob's; ForeignObject
-        if something else stands there."""
-        namespace = None if kind == "Namespace" else state.job_namespace
-        obj = self.kube.get(kind, namespace, name or state.job_namespace)
+    def _owned(self, state: JobState, kind: str, name: str | None = None) -> Obj | None:
+        """The child of that kind and name (no name: the job namespace itself), if it is this
+        BuildJob's; ForeignObject if something else stands there."""
+        if kind == "Namespace":
+            obj = self.kube.get(kind, None, state.job_namespace)
+            where = state.job_namespace
+        else:
+            assert name is not None
+            obj = self.kube.get(kind, state.job_namespace, name)
+            where = f"{state.job_namespace}/{name}"
         if obj is not None and not self._is_ours(state, obj):
-            where = f"{namespace}/{name}" if namespace else obj["metadata"]["name"]
             raise ForeignObject(
                 f"{kind} {where} exists but was not made by the operator for this BuildJob; "
                 "it was left alone and nothing of this BuildJob was put in it"
@@ -163,18 +120,17 @@ class Reconciler:
 
     def _is_ours(self, state: JobState, obj: Obj) -> bool:
         meta = obj.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        if labels.get(names.LABEL_MANAGED_BY) != names.APP:
-            return False
-        if labels.get(names.LABEL_OWNER_UID) != state.uid:
-            return False
         if obj.get("kind") == "Namespace":
             # Made before its BuildJob existed: someone guessed the name ahead of us.
             return (
                 names.owns_namespace(obj, state.uid)
                 and meta.get("creationTimestamp", "") >= state.created
             )
-        return True
+        labels = meta.get("labels") or {}
+        return (
+            labels.get(names.LABEL_MANAGED_BY) == names.APP
+            and labels.get(names.LABEL_OWNER_UID) == state.uid
+        )
 
     def pod_event(self, body: Obj, deleted: bool) -> None:
         """A pod with the operator's labels changed. Labels are anyone's to write: the pod
@@ -240,14 +196,24 @@ class Reconciler:
             self.start_queued()
 
     def _guarded_step(self, state: JobState, drift_check: bool) -> None:
-        """The one error boundary: every entry point (events, the timer, the queue) steps a
-        BuildJob through here, so a refusal always ends that BuildJob, and only that one."""
-        if state.deleting or state.gone:
+        """The one error boundary: every entry point (events, the timer, the queue, requeues)
+        steps a BuildJob through here, so a refusal always ends that BuildJob, and only that
+        one, and a step that must wait is tried again later rather than slept on."""
+        if not state.live:
             return
         try:
             self._step(state, drift_check)
         except Refusal as e:
             self._fail(state, e.reason, str(e))
+        except NotYet as e:
+            delay = min(e.delay * 2**state.retries, MAX_RETRY_SECONDS)
+            state.retries += 1
+            logger.debug(
+                "BuildJob %s/%s: %s; again in %.1fs", state.namespace, state.name, e, delay
+            )
+            self.requeue(state.uid, delay)
+        else:
+            state.retries = 0
 
     def _step(self, state: JobState, drift_check: bool) -> None:
         if state.phase in TERMINAL_PHASES:
@@ -259,37 +225,85 @@ class Reconciler:
             return  # kopf adds the finalizer first; that update brings us back
         if state.target is None:
             state.target = self._resolve(state, state.spec)
-        if self._deadline_passed(state):
-            self._fail(
-                state,
-                st.DEADLINE_EXCEEDED,
-                f"activeDeadlineSeconds ({state.target.deadline_seconds}s) exceeded",
-            )
-            return
         t = state.target
-        if state.phase in (None, "Pending"):
+        if state.phase in queue.WAITING_PHASES:
             waiting = self._admit(state)
             if waiting is not None:
-                self._set(state, "Pending", st.QUEUED, waiting)
+                self._set(state, decide.SetStatus("Pending", st.QUEUED, waiting))
                 return
             self._set(
                 state,
-                "Provisioning",
-                st.PROVISIONING,
-                f"creating namespace {t.job_namespace} and the engine",
-                startTime=st.timestamp(self.clock()),
-                namespace=t.job_namespace,
-                engineClass=t.engine.class_name,
-                engine={"endpoint": t.docker_host, "ready": False},
+                decide.start(
+                    self._known(state),
+                    t.docker_host,
+                    t.engine.class_name,
+                    st.timestamp(self.clock()),
+                ),
             )
-        if drift_check:
-            state.provisioned = False
-        if state.phase == "Provisioning":
-            self._provision(state, t, check_first=drift_check)
-        elif state.phase == "Running":
-            if not state.provisioned:
-                self._provision_children(state, t, check_first=True)
-            self._follow_job(state, t, fresh=drift_check)
+        self._run(state, decide.decide(self._known(state, pods=True, drift_check=drift_check)))
+
+    def _known(self, state: JobState, pods: bool = False, drift_check: bool = False) -> Known:
+        """What decide needs; with pods, the BuildJob's pods too (from the watch, or read)."""
+        settings = self.settings
+        spec = state.spec
+        return Known(
+            now=self.clock(),
+            status=state.status,
+            deadline_seconds=builders.deadline_seconds(spec, settings),
+            ttl_seconds=None if spec is None else builders.ttl_seconds(spec, settings),
+            job_namespace=state.job_namespace,
+            children_made=state.provisioned,
+            drift_check=drift_check,
+            engine_stopped=state.cleaned,
+            engine=self._pod(state, names.ENGINE_POD, drift_check) if pods else None,
+            job=self._pod(state, names.JOB_POD, drift_check) if pods else None,
+        )
+
+    def _run(self, state: JobState, actions: list[Action]) -> None:
+        """Does what decide said, in order; a Fail ends the list (it finishes the BuildJob)."""
+        for action in actions:
+            match action:
+                case decide.SetStatus():
+                    self._set(state, action)
+                case decide.Fail(reason=reason, message=message):
+                    self._fail(state, reason, message)
+                    return
+                case decide.MakeChildren(check_first=check_first):
+                    self._make_children(state, self._target(state), check_first)
+                case decide.CreatePod(name=name):
+                    t = self._target(state)
+                    build = (
+                        builders.build_engine_pod
+                        if name == names.ENGINE_POD
+                        else (builders.build_job_pod)
+                    )
+                    self._create_pod(state, build(t))
+                    failpoints.reached(f"{name}-pod")
+                case decide.MakeQuota():
+                    self._ensure(state, builders.build_quota(self._target(state)), False)
+                case decide.Finish():
+                    self._finish(state)
+                case decide.StopPods(job_too=job_too):
+                    self._delete(state, "Pod", names.ENGINE_POD, grace_period_seconds=5)
+                    if job_too:
+                        self._delete(state, "Pod", names.JOB_POD, grace_period_seconds=0)
+                    failpoints.reached("finished")
+                    state.cleaned = True
+                    state.pods.clear()
+                case decide.DeleteNamespace(ttl_seconds=ttl):
+                    self._delete(state, "Namespace")
+                    self._write(state, {**state.status, "cleanedUp": True})
+                    self.events(
+                        state.ref,
+                        "Normal",
+                        "CleanedUp",
+                        f"deleted namespace {state.job_namespace} {ttl}s after finishing",
+                    )
+
+    @staticmethod
+    def _target(state: JobState) -> Target:
+        assert state.target is not None, "children are made only for a resolved BuildJob"
+        return state.target
 
     def _resolve(self, state: JobState, spec: BuildJobSpec) -> Target:
         """The BuildJob with its EngineClass applied, or the refusal that names the field."""
@@ -309,37 +323,9 @@ class Reconciler:
             engine,
         )
 
-    # -- provisioning -------------------------------------------------------------------------
+    # -- making children ----------------------------------------------------------------------
 
-    def _provision(self, state: JobState, t: Target, check_first: bool) -> None:
-        if not state.provisioned:
-            self._provision_children(state, t, check_first)
-        engine = self._pod(state, names.ENGINE_POD, fresh=check_first)
-        if engine is None:
-            self._create_pod(state, builders.build_engine_pod(t))
-            failpoints.reached("engine-pod")
-        # The job pod starts alongside the engine: its init container holds the job back
-        # until the engine answers over mutual TLS, so the two start-ups overlap.
-        job = self._pod(state, names.JOB_POD, fresh=check_first)
-        if job is None:
-            self._create_pod(state, builders.build_job_pod(t))
-            failpoints.reached("job-pod")
-        elif self._unreachable(state, job):
-            return
-        if engine is None or self._engine_failed(state, engine) or not pods.is_ready(engine):
-            return
-        # Last, once both pods exist: until the quota controller has counted a new quota, the
-        # API server refuses every create in its namespace ("status unknown for quota").
-        self._ensure(state, builders.build_quota(t), check_first=False)
-        self._set(
-            state,
-            "Running",
-            st.JOB_RUNNING,
-            f"engine ready; job pod {t.job_namespace}/{names.JOB_POD} started",
-            jobPod=names.JOB_POD,
-        )
-
-    def _provision_children(self, state: JobState, t: Target, check_first: bool) -> None:
+    def _make_children(self, state: JobState, t: Target, check_first: bool) -> None:
         """Everything but the pods, in dependency order; each create adopts what exists, and
         only if it is this BuildJob's (ForeignObject otherwise)."""
         ns = self._ensure(state, builders.build_namespace(t), check_first)
@@ -363,10 +349,11 @@ class Reconciler:
         state.provisioned = True
 
     def _ensure(self, state: JobState, manifest: Obj, check_first: bool) -> Obj:
-        """Creates the child, or adopts the one that exists when it is this BuildJob's."""
+        """Creates the child, or adopts the one that exists when it is this BuildJob's; with
+        check_first, one that is no longer what was built is put back as built."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         if check_first and (existing := self._owned(state, kind, name)) is not None:
-            return existing
+            return self._revert(manifest, existing)
         created = self.kube.create(manifest)
         if created is not None:
             return created
@@ -375,6 +362,22 @@ class Reconciler:
             return self._ensure(state, manifest, check_first=False)
         logger.info("Adopted existing %s %s", kind.lower(), name)
         return existing
+
+    def _revert(self, built: Obj, existing: Obj) -> Obj:
+        if not decide.drifted(built, existing):
+            return existing
+        meta = existing["metadata"]
+        # The resourceVersion read: a change made since then is seen at the next check.
+        body = {
+            **built,
+            "metadata": {**built["metadata"], "resourceVersion": meta["resourceVersion"]},
+        }
+        logger.warning(
+            "Reverted %s %s: it was changed from what the operator built",
+            built["kind"].lower(),
+            "/".join(filter(None, (meta.get("namespace"), meta["name"]))),
+        )
+        return self.kube.replace(body)
 
     def _copy_secrets(self, state: JobState, t: Target, check_first: bool) -> None:
         wanted = [
@@ -441,152 +444,42 @@ class Reconciler:
 
     def _create_pod(self, state: JobState, manifest: Obj) -> None:
         name = manifest["metadata"]["name"]
-        # A namespace's "default" ServiceAccount appears a moment after the namespace; until
-        # then the ServiceAccount admission plugin refuses pods with 403.
-        for attempt in range(SA_RETRIES):
-            try:
-                created = self.kube.create(manifest)
-            except ApiException as e:
-                if (
-                    e.status == 403
-                    and "serviceaccount" in (e.body or "")
-                    and (attempt + 1 < SA_RETRIES)
-                ):
-                    time.sleep(SA_RETRY_SECONDS)
-                    continue
-                # A field the user gave us refused (400, 422), or an admission rule (403: a
-                # LimitRange maximum, Pod Security, a policy): either way this pod cannot be.
-                if e.status in (400, 403, 422):
-                    raise InvalidSpec(_refused_pod_message(e, name)) from e
-                raise
-            # What the API server returned is as new as the watch's next event; one that
-            # already existed (409) is read when next needed.
-            if created is None:
-                state.pods.pop(name, None)
-            else:
-                state.pods[name] = created
-            return
-
-    def _engine_failed(self, state: JobState, engine: Obj) -> bool:
-        """Fails the BuildJob when its engine is gone or stuck for good."""
-        ended = pods.terminated(engine, names.ENGINE_CONTAINER)
-        stuck = pods.waiting_failure(engine, names.ENGINE_CONTAINER)
-        if ended is not None:
-            message = f"the engine stopped: {pods.describe_exit(ended)}"
-        elif stuck is not None:
-            message = f"the engine cannot start: {stuck[0]}: {stuck[1]}"
-        elif pods.is_terminating(engine):
-            message = "the engine pod was deleted"
+        try:
+            created = self.kube.create(manifest)
+        except ApiException as e:
+            # A namespace's "default" ServiceAccount appears a moment after the namespace;
+            # until then the ServiceAccount admission plugin refuses pods with 403.
+            if e.status == 403 and "serviceaccount" in (e.body or ""):
+                raise NotYet("the job namespace has no ServiceAccount yet", SA_RETRY_SECONDS) from e
+            # A field the user gave us refused (400, 422), or an admission rule (403: a
+            # LimitRange maximum, Pod Security, a policy): either way this pod cannot be.
+            if e.status in (400, 403, 422):
+                raise InvalidSpec(_refused_pod_message(e, name)) from e
+            raise
+        # What the API server returned is as new as the watch's next event; one that already
+        # existed (409) is read when next needed.
+        if created is None:
+            state.pods.pop(name, None)
         else:
-            return False
-        self._fail(state, st.ENGINE_FAILED, message)
-        return True
-
-    # -- running ------------------------------------------------------------------------------
-
-    def _follow_job(self, state: JobState, t: Target, fresh: bool) -> None:
-        job = self._pod(state, names.JOB_POD, fresh)
-        if job is None:
-            self._fail(state, st.JOB_POD_DELETED, "the job pod was deleted before it finished")
-            return
-        if self._unreachable(state, job):
-            return
-        ended = pods.terminated(job, names.JOB_CONTAINER)
-        if ended is not None:
-            code = int(ended.get("exitCode", 1))
-            if code == 0:
-                self._set(
-                    state, "Succeeded", st.SUCCEEDED, "the job exited with code 0", exitCode=0
-                )
-            else:
-                self._set(
-                    state,
-                    "Failed",
-                    st.JOB_FAILED,
-                    f"the job failed: {pods.describe_exit(ended)}",
-                    exitCode=code,
-                )
-            self._finish(state)
-            return
-        if pods.is_terminating(job):
-            self._fail(state, st.JOB_POD_DELETED, "the job pod was deleted before it finished")
-            return
-        stuck = pods.waiting_failure(job, names.JOB_CONTAINER) or pods.waiting_failure(
-            job, names.WAIT_CONTAINER
-        )
-        if stuck is not None:
-            reason = st.IMAGE_PULL_FAILED if stuck[0] in pods.PULL_FAILURES else st.INVALID_SPEC
-            self._fail(state, reason, f"the job container cannot start: {stuck[0]}: {stuck[1]}")
-            return
-        engine = self._pod(state, names.ENGINE_POD, fresh)
-        if engine is None:
-            self._fail(state, st.ENGINE_FAILED, "the engine pod was deleted")
-        else:
-            self._engine_failed(state, engine)
-
-    def _unreachable(self, state: JobState, job: Obj) -> bool:
-        """Fails the BuildJob when the job pod gave up waiting for its engine."""
-        unreachable = pods.init_failed(job, names.WAIT_CONTAINER)
-        if unreachable is None:
-            return False
-        if unreachable.get("exitCode") == builders.PROBE_REACHABLE_EXIT:
-            self._fail(
-                state,
-                st.NETWORK_POLICY_NOT_ENFORCED,
-                "a destination the job's NetworkPolicy denies answered from the job pod: this "
-                "cluster does not enforce NetworkPolicy (install a network plugin that does, "
-                "or turn the EngineClass's networkPolicyProbe off knowingly): "
-                + pods.describe_exit(unreachable),
-            )
-            return True
-        self._fail(
-            state,
-            st.ENGINE_FAILED,
-            "the job pod could not reach its engine: " + pods.describe_exit(unreachable),
-        )
-        return True
+            state.pods[name] = created
 
     # -- finishing ----------------------------------------------------------------------------
 
     def _fail(self, state: JobState, reason: str, message: str) -> None:
         if state.phase not in TERMINAL_PHASES:
-            self._set(state, "Failed", reason, message)
+            self._set(state, decide.SetStatus("Failed", reason, message))
         self._finish(state)
 
     def _finish(self, state: JobState) -> None:
-        """The engine goes as soon as the job ends; the namespace after the TTL. Nothing that
-        is not this BuildJob's own is touched (_delete checks)."""
-        # Only a BuildJob that got as far as provisioning has children. The status says so,
-        # but names none of them: those come from the uid alone.
-        if not state.status.get("startTime"):
-            return
-        if not state.cleaned:
-            self._delete(state, "Pod", names.ENGINE_POD, grace_period_seconds=5)
-            # A job that ran to its end keeps its pod (and log) until the TTL; one that was cut
-            # short (deadline, engine lost, cannot start) has its pod stopped now.
-            if state.status.get("reason") not in (st.SUCCEEDED, st.JOB_FAILED):
-                self._delete(state, "Pod", names.JOB_POD, grace_period_seconds=0)
-            failpoints.reached("finished")
-            state.cleaned = True
-            state.pods.clear()
-        if state.status.get("cleanedUp") or state.spec is None:
-            return
-        ttl_seconds = state.spec.ttl_seconds_after_finished
-        if ttl_seconds is None:
-            ttl_seconds = self.settings.default_ttl_seconds
-        finished = st.parse_time(state.status.get("completionTime"))
-        if finished and self.clock() >= finished + datetime.timedelta(seconds=ttl_seconds):
-            self._delete(state, "Namespace", "")
-            self._write(state, {**state.status, "cleanedUp": True})
-            self.events(
-                state.ref,
-                "Normal",
-                "CleanedUp",
-                f"deleted namespace {state.job_namespace} {ttl_seconds}s after finishing",
-            )
+        """Nothing that is not this BuildJob's own is touched (_delete checks)."""
+        self._run(state, decide.finish(self._known(state)))
 
     def _delete(
-        self, state: JobState, kind: str, name: str, grace_period_seconds: int | None = None
+        self,
+        state: JobState,
+        kind: str,
+        name: str | None = None,
+        grace_period_seconds: int | None = None,
     ) -> None:
         """Deletes a child if, and only if, it is this BuildJob's: read, check its labels (and a
         namespace's name), delete with the uid read as precondition."""
@@ -601,116 +494,49 @@ class Reconciler:
                 kind, meta.get("namespace"), meta["name"], meta["uid"], grace_period_seconds
             )
 
-    def _deadline_passed(self, state: JobState) -> bool:
-        started = st.parse_time(state.status.get("startTime"))
-        if started is None or state.target is None:
-            return False
-        return self.clock() >= started + datetime.timedelta(seconds=state.target.deadline_seconds)
-
     # -- queueing -----------------------------------------------------------------------------
 
     def _admit(self, state: JobState) -> str | None:
-        """At most max_running BuildJobs provision or run at once, and at most the class's
-        maxEnginesPerNamespace of one class in one namespace; the rest start in creation order
-        as slots free up. None when admitted, else what it waits for."""
+        """None when the BuildJob may start (and it is marked admitted), else what it waits
+        for. The lock makes "decide and mark" one step: two threads never take one slot."""
         if state.admitted:
             return None
         with self._admission:
-            if not self._namespace_has_room(state):
-                t = state.target
-                assert t is not None  # only a resolved BuildJob can be over its class's cap
-                return (
-                    f"waiting: {t.engine.max_per_namespace} engines of EngineClass "
-                    f"{t.engine.class_name!r} run in namespace {state.namespace} "
-                    "(its maxEnginesPerNamespace)"
-                )
-            limit = self.settings.max_running
-            if limit == 0:
-                state.admitted = True
-                return None
-            jobs = list(self.jobs.values())
-            # Admitted but not yet written as Provisioning counts too: two threads must not
-            # both take the last slot.
-            active = sum(
-                1
-                for s in jobs
-                if not s.deleting
-                and not s.gone
-                and (s.phase in ACTIVE_PHASES or (s.admitted and s.phase in (None, "Pending")))
-            )
-            waiting = sorted(
-                (s.created, s.seen)
-                for s in jobs
-                if s.phase in (None, "Pending")
-                and not s.admitted
-                and not s.deleting
-                and not s.gone
-                and s.spec is not None
-            )
-            rank = (
-                waiting.index((state.created, state.seen))
-                if (state.created, state.seen) in waiting
-                else len(waiting)
-            )
-            if rank < limit - active:
-                state.admitted = True
-        if state.admitted:
-            return None
-        return f"waiting: {limit} BuildJobs are running (the operator's maxRunning)"
-
-    def _namespace_has_room(self, state: JobState) -> bool:
-        t = state.target
-        if t is None or t.engine.max_per_namespace == 0:
-            return True
-        same = [
-            s
-            for s in list(self.jobs.values())
-            if s is not state
-            and s.namespace == state.namespace
-            and s.target is not None
-            and s.target.engine.class_name == t.engine.class_name
-            and not s.deleting
-            and not s.gone
-        ]
-        active = sum(1 for s in same if s.admitted or s.phase in ACTIVE_PHASES)
-        earlier = sum(
-            1
-            for s in same
-            if not s.admitted
-            and s.phase in (None, "Pending")
-            and (s.created, s.seen) < (state.created, state.seen)
-        )
-        return active + earlier < t.engine.max_per_namespace
+            waiting = queue.waiting_for(state, self.jobs.values(), self.settings.max_running)
+            state.admitted = waiting is None
+        return waiting
 
     def start_queued(self) -> None:
         """Gives free slots to the oldest waiting BuildJobs."""
-        waiting = sorted(
-            (
-                s
-                for s in list(self.jobs.values())
-                if s.phase == "Pending" and not s.admitted and not s.deleting
-            ),
-            key=lambda s: (s.created, s.seen),
-        )
-        if self.settings.max_running:
-            waiting = waiting[: self.settings.max_running]
-        for state in waiting:
+        for state in queue.next_up(list(self.jobs.values()), self.settings.max_running):
             with state.lock:
                 self._guarded_step(state, drift_check=False)
 
     # -- status -------------------------------------------------------------------------------
 
-    def _set(self, state: JobState, phase: str, reason: str, message: str, **fields: Any) -> None:
+    def _set(self, state: JobState, change: decide.SetStatus) -> None:
         before = state.status
         new = st.transition(
-            before, phase, reason, message, state.generation, self.clock(), **fields
+            before,
+            change.phase,
+            change.reason,
+            change.message,
+            state.generation,
+            self.clock(),
+            **change.fields,
         )
         if not self._write(state, new):
             return
-        if (before.get("phase"), before.get("reason")) != (phase, reason):
-            kind = "Warning" if phase == "Failed" else "Normal"
-            self.events(state.ref, kind, reason, message)
-            logger.info("BuildJob %s/%s is %s: %s", state.namespace, state.name, phase, message)
+        if (before.get("phase"), before.get("reason")) != (change.phase, change.reason):
+            kind = "Warning" if change.phase == "Failed" else "Normal"
+            self.events(state.ref, kind, change.reason, change.message)
+            logger.info(
+                "BuildJob %s/%s is %s: %s",
+                state.namespace,
+                state.name,
+                change.phase,
+                change.message,
+            )
 
     def _write(self, state: JobState, new: st.Status) -> bool:
         patch = st.merge_patch(state.status, new)
@@ -729,7 +555,7 @@ class Reconciler:
         state = self.observe(body)
         with state.lock:
             state.deleting = True
-            self._delete(state, "Namespace", "")
+            self._delete(state, "Namespace")
         self.forget(state.uid)
         self.start_queued()
 

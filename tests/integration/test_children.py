@@ -161,3 +161,73 @@ def test_deleted_job_namespace_fails_and_is_not_rebuilt(
     assert operator.alive()
     kube.delete_buildjob(ns, "bj")
     wait_for(lambda: kube.get_buildjob(ns, "bj") is None, timeout=60, what="BuildJob deleted")
+
+
+# An edit to each child's content that would weaken a fence or misroute the engine, as a JSON
+# merge patch, and a reader of the field it changes.
+EDITS: list[tuple[str, str, dict[str, Any], Callable[[Any], Any]]] = [
+    (
+        "NetworkPolicy",
+        "job",
+        {"spec": {"egress": [{}]}},  # one rule that allows everything
+        lambda o: o.spec.egress,
+    ),
+    (
+        "Service",
+        names.ENGINE_SERVICE,
+        {"spec": {"selector": {names.LABEL_COMPONENT: names.COMPONENT_JOB}}},
+        lambda o: o.spec.selector,
+    ),
+    ("Secret", PULL_COPY, {"data": {".dockerconfigjson": "e30K"}}, lambda o: o.data),
+]
+
+
+def _patch(kube: Kube, kind: str, ns: str, name: str, patch: dict[str, Any]) -> None:
+    net = NetworkingV1Api(kube.client)
+    patchers: dict[str, Callable[..., Any]] = {
+        "NetworkPolicy": net.patch_namespaced_network_policy,
+        "Service": kube.core.patch_namespaced_service,
+        "Secret": kube.core.patch_namespaced_secret,
+    }
+    patchers[kind](name, ns, patch)
+
+
+@pytest.mark.parametrize(
+    ("kind", "child", "patch", "field"), EDITS, ids=[f"{k}-{n}" for k, n, _, _ in EDITS]
+)
+def test_edited_child_is_reverted(
+    kube: Kube,
+    operator: OperatorProcess,
+    ns: str,
+    kind: str,
+    child: str,
+    patch: dict[str, Any],
+    field: Callable[[Any], Any],
+) -> None:
+    """Drift in content, not only in existence: the resync puts the child back as built, in
+    place (same uid), and then leaves it alone."""
+    job_ns = _start(kube, ns, "bj")
+    built = wait_for(lambda: _read(kube, kind, job_ns, child), what=f"{kind} {child}")
+    # Control: with nothing changed, several resyncs (RDO_RESYNC_SECONDS=1) write nothing.
+    time.sleep(3)
+    assert _read(kube, kind, job_ns, child).metadata.resource_version == (
+        built.metadata.resource_version
+    )
+    _patch(kube, kind, job_ns, child, patch)
+    edited = _read(kube, kind, job_ns, child)
+    assert field(edited) != field(built), "the edit did not land"
+    wait_for(
+        lambda: field(_read(kube, kind, job_ns, child)) == field(built),
+        timeout=60,
+        what=f"{kind} {child} reverted",
+    )
+    reverted = _read(kube, kind, job_ns, child)
+    assert reverted.metadata.uid == built.metadata.uid
+    # Reverted once, then left alone: no write loop against the API server's own defaults.
+    time.sleep(3)
+    assert _read(kube, kind, job_ns, child).metadata.resource_version == (
+        reverted.metadata.resource_version
+    )
+    assert kube.status(ns, "bj")["phase"] == "Running"
+    assert operator.alive()
+    kube.delete_buildjob(ns, "bj")

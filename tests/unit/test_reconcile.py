@@ -5,8 +5,9 @@ from typing import Any
 
 from remote_docker_operator import names
 from remote_docker_operator.config import Settings
+from remote_docker_operator.jobstate import parse_spec
 from remote_docker_operator.kube import Kube
-from remote_docker_operator.reconcile import Reconciler, parse_spec
+from remote_docker_operator.reconcile import Reconciler
 
 from ..support import make_target
 
@@ -28,7 +29,7 @@ def body(uid: str, created: str, phase: str | None = None, **spec: Any) -> dict[
 
 def reconciler(**settings: Any) -> Reconciler:
     # Admission decisions never touch the API: no client is needed to test them.
-    return Reconciler(Kube.__new__(Kube), Settings(**settings), lambda *_: None)
+    return Reconciler(Kube.__new__(Kube), Settings(**settings), lambda *_: None, lambda *_: None)
 
 
 def test_parse_spec_names_the_field() -> None:

@@ -1,0 +1,71 @@
+"""What the operator remembers of one BuildJob between triggers."""
+
+import threading
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from . import names
+from . import status as st
+from .builders import Target
+from .kube import Obj
+from .models import BuildJob, BuildJobSpec
+
+
+@dataclass
+class JobState:
+    uid: str
+    namespace: str
+    name: str
+    created: str  # creationTimestamp: the queue's order (to the second)
+    seen: int  # the order this operator first saw it in: breaks ties within a second
+    generation: int | None
+    spec: BuildJobSpec | None
+    invalid: str | None  # why the spec cannot work, when it cannot
+    status: st.Status
+    # Never read from the BuildJob (its status is writable by more than the operator): the
+    # namespace this operator found labelled for the uid at start-up, else made from the prefix.
+    job_namespace: str
+    # The BuildJob with its class resolved; set when it is admitted, or found running.
+    target: Target | None = None
+    has_finalizer: bool = False
+    deleting: bool = False
+    gone: bool = False
+    admitted: bool = False
+    provisioned: bool = False
+    cleaned: bool = False  # engine (and a cut-short job's pod) deleted after finishing
+    retries: int = 0  # requeues in a row (errors.NotYet): the next one waits twice as long
+    # The newest body of each child pod from the pod watch (None: deleted), so that following
+    # a job costs no reads; a pod not seen yet is read from the API server.
+    pods: dict[str, Obj | None] = field(default_factory=dict)
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    @property
+    def phase(self) -> str | None:
+        return self.status.get("phase")
+
+    @property
+    def live(self) -> bool:
+        return not self.deleting and not self.gone
+
+    @property
+    def order(self) -> tuple[str, int]:
+        return self.created, self.seen
+
+    @property
+    def ref(self) -> Obj:
+        return {
+            "apiVersion": names.API_VERSION,
+            "kind": names.KIND,
+            "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
+        }
+
+
+def parse_spec(body: Obj) -> tuple[BuildJobSpec | None, str | None]:
+    try:
+        job = BuildJob.model_validate({"spec": body.get("spec")})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = "spec." + ".".join(str(p) for p in first["loc"][1:])
+        return None, f"{where}: {first['msg']}"
+    return job.spec, None
