@@ -8,7 +8,7 @@ VENV := $(RDO_CACHE)/venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help up down kind-up kind-down test test-unit test-integration test-e2e lint crds deps bins images venv \
+.PHONY: help up down kind-up kind-down test test-unit test-integration test-e2e lint generate crds deps bins images venv \
 	bench bench-latency bench-scale
 
 help:
@@ -19,7 +19,8 @@ help:
 	@echo "make test-unit         unit tests only (seconds)"
 	@echo "make test-integration  against a real kube-apiserver with kwok"
 	@echo "make test-e2e          on a real single-node cluster where pods run"
-	@echo "make crds              regenerate crds/ (and the chart's copies) from the pydantic models"
+	@echo "make generate          regenerate crds/, the chart's copies and the settings' values, schema,"
+	@echo "                       env and README table from the pydantic models (make crds: the same)"
 	@echo "make lint              ruff and mypy --strict"
 	@echo "make bench             both benchmarks below; tables in .artifacts/bench/"
 	@echo "make bench-latency     BuildJob vs a dind-sidecar pod on the real local cluster"
@@ -43,9 +44,14 @@ bins:
 images: deps
 	$(PY) images/build.py >/dev/null
 
-crds: venv
+# Every generated copy: the CRDs and the chart's engineClass.spec schema from models.py; the
+# chart's operator values, their schema, its env helper and the README's table from config.py.
+generate: venv
 	$(PY) -m remote_docker_operator.crd crds charts/remote-docker-operator/crds \
 	  --values-schema charts/remote-docker-operator/values.schema.json
+	$(PY) -m remote_docker_operator.settings_chart .
+
+crds: generate
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -17,10 +17,9 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from localcluster import Cluster
+from pki import PKI
 
 NODE_NAME = "rdo-node"
 NODE_BRIDGE = "rdo0"
@@ -48,8 +47,29 @@ def link_exists(name: str) -> bool:
     return sh("ip", "link", "show", name, check=False).returncode == 0
 
 
+class ControlPlane(Protocol):
+    """What the node needs of the cluster it joins (localcluster.Cluster is one). A protocol, so
+    the dependency goes one way: localcluster imports node, never the reverse."""
+
+    @property
+    def dir(self) -> Path: ...
+    @property
+    def logs(self) -> Path: ...
+    @property
+    def pki(self) -> PKI: ...
+
+    def start(self, name: str, argv: list[str]) -> None: ...
+    def stop(self, name: str, timeout: float = ...) -> None: ...
+    def component_kubeconfig(self, name: str, cn: str, org: str | None = ...) -> Path: ...
+    def kubectl(
+        self, *args: str, input: str | None = ..., check: bool = ...
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
 class Node:
-    def __init__(self, cluster: "Cluster", bin_dir: Path, pod_cidr: str, service_cidr: str) -> None:
+    def __init__(
+        self, cluster: ControlPlane, bin_dir: Path, pod_cidr: str, service_cidr: str
+    ) -> None:
         self.c = cluster
         self.bin = bin_dir
         self.pod_cidr = pod_cidr

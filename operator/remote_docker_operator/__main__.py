@@ -2,29 +2,26 @@
 
 import asyncio
 import logging
-import os
 
 import kopf
 
 from . import handlers  # noqa: F401  (registers the handlers)
+from .config import get_settings
 
 
 def main() -> None:
-    debug = os.environ.get("RDO_LOG_LEVEL", "").upper() == "DEBUG"
+    settings = get_settings()
+    debug = settings.log_level == "DEBUG"
     kopf.configure(
-        verbose=debug,
-        log_format=kopf.LogFormat.JSON
-        if os.environ.get("RDO_LOG_FORMAT") == "json"
-        else kopf.LogFormat.FULL,
-        log_prefix=True,
+        verbose=debug, log_format=kopf.LogFormat[settings.log_format.upper()], log_prefix=True
     )
     if not debug:
         # kopf says "Handler succeeded" for every event and timer tick; our own log lines say
         # what actually happened ("Created engine pod", phase changes). Failures still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    liveness = os.environ.get("RDO_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz")
+    # Peering (standalone or not) is decided in handlers.startup with kopf's other settings.
     asyncio.run(
-        kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=liveness or None)
+        kopf.operator(clusterwide=True, liveness_endpoint=settings.liveness_endpoint or None)
     )
 
 

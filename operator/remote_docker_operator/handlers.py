@@ -63,6 +63,9 @@ async def startup(
     settings.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED_BY}={names.APP}"
     # Reconciles mostly wait on the API server; more threads than cores keeps throughput up.
     settings.execution.max_workers = WORKERS
+    # The one place that decides peering: standalone, since exactly one operator runs (the
+    # chart's Deployment has one replica and the Recreate strategy). kopf applies this before it
+    # would start peering, which waits for the startup handlers.
     settings.peering.standalone = True
     # The CRD is installed before the operator (Helm's crds/); watching every CRD in the
     # cluster for new resources would only cost an RBAC rule.

@@ -7,6 +7,7 @@ Needs the helm binary that `cluster/build-bins.sh tools` builds under $RDO_CACHE
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import textwrap
 from collections import Counter
@@ -16,8 +17,9 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import Field
 
-from remote_docker_operator import crd, names
+from remote_docker_operator import crd, names, settings_chart
 from remote_docker_operator.config import Settings
 from remote_docker_operator.models import BuildJob, EngineClassSpec
 
@@ -60,11 +62,13 @@ def helm(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def template(*args: str, release: str = RELEASE) -> subprocess.CompletedProcess[str]:
+def template(
+    *args: str, release: str = RELEASE, chart: Path = CHART
+) -> subprocess.CompletedProcess[str]:
     return helm(
         "template",
         release,
-        str(CHART),
+        str(chart),
         "--namespace",
         NAMESPACE,
         "--kube-version",
@@ -73,14 +77,15 @@ def template(*args: str, release: str = RELEASE) -> subprocess.CompletedProcess[
     )
 
 
-def render_text(*args: str, release: str = RELEASE) -> str:
-    result = template(*args, release=release)
+def render_text(*args: str, release: str = RELEASE, chart: Path = CHART) -> str:
+    result = template(*args, release=release, chart=chart)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
 
-def render(*args: str, release: str = RELEASE) -> list[Obj]:
-    docs = [d for d in yaml.safe_load_all(render_text(*args, release=release)) if d is not None]
+def render(*args: str, release: str = RELEASE, chart: Path = CHART) -> list[Obj]:
+    text = render_text(*args, release=release, chart=chart)
+    docs = [d for d in yaml.safe_load_all(text) if d is not None]
     assert all(isinstance(d, dict) for d in docs)
     return docs
 
@@ -166,17 +171,21 @@ def test_chart_crds_are_byte_identical_to_crds_dir() -> None:
 
 def test_every_value_is_documented() -> None:
     """Each key in values.yaml has a comment line directly above it."""
-    lines = (CHART / "values.yaml").read_text().splitlines()
+    assert not undocumented(CHART / "values.yaml")
+
+
+def undocumented(values: Path) -> list[str]:
+    lines = values.read_text().splitlines()
     key = re.compile(r"^(\s*)[A-Za-z][A-Za-z0-9]*:")
-    undocumented = []
+    out = []
     for i, line in enumerate(lines):
         match = key.match(line)
         if match is None:
             continue
         above = lines[i - 1] if i > 0 else ""
         if not above.strip().startswith("#") or not above.startswith(match.group(1) + "#"):
-            undocumented.append(line.strip())
-    assert not undocumented
+            out.append(line.strip())
+    return out
 
 
 def schema_objects(node: Obj, path: str = "") -> Iterator[tuple[str, Obj]]:
@@ -231,8 +240,10 @@ def test_schema_and_values_cover_each_other() -> None:
 def test_schema_bounds_match_config() -> None:
     """Minimums and maximums of the operator's settings are the ones config.py enforces."""
     props = load_schema()["properties"]["operator"]["properties"]
+    in_chart = {s.env: s.key for s in settings_chart.settings() if s.chart == "value"}
+    assert set(props) == set(in_chart.values())
     for field_name, field in Settings.model_fields.items():
-        if field_name == "failpoint":
+        if f"RDO_{field_name.upper()}" not in in_chart:
             continue
         camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), field_name)
         prop = props[camel]
@@ -391,18 +402,14 @@ def test_env_defaults_are_the_operators_defaults(
     """Every setting of config.py has its variable, and the chart's defaults parse to exactly
     the operator's own defaults."""
     env = {k: v for k, v in operator_env(docs).items() if k.startswith("RDO_")}
-    settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields} - {"RDO_FAILPOINT"}
-    assert set(env) == settings_vars | {
-        "RDO_LIVENESS_ENDPOINT",
-        "RDO_LOG_LEVEL",
-        "RDO_LOG_FORMAT",
-    }
+    settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields}
+    assert set(env) == settings_vars - {"RDO_FAILPOINT"}  # test-only, not in the chart
     defaults = Settings()
     for key, value in env.items():
         clean_env.setenv(key, value)
     assert Settings() == defaults
-    assert env["RDO_LOG_LEVEL"] == ""
-    assert env["RDO_LOG_FORMAT"] == ""
+    assert env["RDO_LOG_LEVEL"] == "INFO"
+    assert env["RDO_LOG_FORMAT"] == "full"
 
 
 @pytest.mark.parametrize(
@@ -421,10 +428,82 @@ def test_env_defaults_are_the_operators_defaults(
         (["--set", "operator.clusterDomain=corp.example"], "RDO_CLUSTER_DOMAIN", "corp.example"),
         (["--set", "operator.logLevel=DEBUG"], "RDO_LOG_LEVEL", "DEBUG"),
         (["--set", "operator.logFormat=json"], "RDO_LOG_FORMAT", "json"),
+        (["--set", "operator.logFormat=plain"], "RDO_LOG_FORMAT", "plain"),
     ],
 )
 def test_values_set_the_env(args: list[str], var: str, expected: str) -> None:
     assert operator_env(render(*args))[var] == expected
+
+
+class Extended(Settings):
+    """Settings with one field of each kind the generator passes through Helm."""
+
+    lease_seconds: int = Field(15, ge=1, description="An integer setting.")
+    lease_name: str | None = Field(None, max_length=63, description="A nullable setting.")
+    elect: bool = Field(False, description="A boolean setting.")
+    ratio: float = Field(0.25, gt=0, description="A number setting.")
+    zones: list[str] = Field(["a", "b"], description="A list setting.")
+
+
+def test_a_new_setting_needs_no_edit_but_generate(
+    tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    """Adding a field to Settings and running the generator is enough: the chart (its
+    deployment.yaml untouched) passes the new values to the operator, its schema validates them,
+    values.yaml documents them and the README lists them."""
+    shutil.copytree(CHART, tmp_path / settings_chart.CHART)
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    settings_chart.write(tmp_path, Extended)
+    chart = tmp_path / settings_chart.CHART
+
+    env = operator_env(render(chart=chart))
+    assert env["RDO_LEASE_SECONDS"] == "15"
+    assert env["RDO_ELECT"] == "false"
+    assert env["RDO_RATIO"] == "0.25"
+    assert "RDO_LEASE_NAME" not in env  # null: the operator's own default
+    for key, value in env.items():
+        if key.startswith("RDO_"):
+            clean_env.setenv(key, value)
+    assert Extended() == Extended.model_construct()  # the chart's defaults are the operator's
+
+    env = operator_env(
+        render(
+            "--set", "operator.leaseSeconds=30",
+            "--set", "operator.leaseName=rdo",
+            "--set", "operator.elect=true",
+            "--set-json", "operator.ratio=1.5",
+            "--set-json", 'operator.zones=["x"]',
+            chart=chart,
+        )
+    )  # fmt: skip
+    for key, value in env.items():
+        if key.startswith("RDO_"):
+            clean_env.setenv(key, value)
+    new = Extended()
+    assert (new.lease_seconds, new.lease_name, new.elect, new.ratio, new.zones) == (
+        30, "rdo", True, 1.5, ["x"]
+    )  # fmt: skip
+
+    for refused in (
+        "operator.leaseSeconds=0",
+        "operator.elect=maybe",
+        f"operator.leaseName={'x' * 64}",
+    ):
+        result = template("--set", refused, chart=chart)
+        assert result.returncode != 0, refused
+        assert "schema" in result.stderr, refused
+    values = yaml.safe_load((chart / "values.yaml").read_text())["operator"]
+    assert values["leaseSeconds"] == 15
+    assert values["leaseName"] is None
+    assert values["zones"] == ["a", "b"]
+    assert not undocumented(chart / "values.yaml")
+    assert (
+        "| `RDO_LEASE_SECONDS` | `operator.leaseSeconds` | `15` |"
+        in (tmp_path / "README.md").read_text()
+    )
+    assert (chart / "templates" / "deployment.yaml").read_bytes() == (
+        CHART / "templates" / "deployment.yaml"
+    ).read_bytes()
 
 
 def test_big_values_file_numbers_render_as_integers(tmp_path: Path) -> None:
@@ -580,6 +659,11 @@ def test_unknown_keys_are_refused(assignment: str) -> None:
         ["--set", "image.pullPolicy=Sometimes"],
         ["--set", "operator.logFormat=xml"],
         ["--set", "operator.logLevel=loud"],
+        ["--set", "operator.logLevel="],  # the chart's old "normal log"; now INFO
+        ["--set", "operator.clusterDomain=Bad_Domain"],
+        # The chart fixes the liveness endpoint (its probe depends on it): no value for it.
+        ["--set", "operator.livenessEndpoint=http://0.0.0.0:9090/healthz"],
+        ["--set", "operator.failpoint=tls"],  # test-only: never in the chart
         ["--set", "operator.maxRunning=-1"],
         ["--set", "operator.defaultDeadlineSeconds=0"],
         ["--set", "operator.defaultDeadlineSeconds=86401"],

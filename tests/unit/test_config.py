@@ -1,6 +1,11 @@
+import re
+from pathlib import Path
+
+import kopf
 import pytest
 from pydantic import ValidationError
 
+import remote_docker_operator
 from remote_docker_operator.config import Settings
 
 
@@ -24,9 +29,51 @@ def test_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ("RDO_DEFAULT_DEADLINE_SECONDS", "0"),
         ("RDO_NAMESPACE_PREFIX", "Bad_"),
         ("RDO_MAX_RUNNING", "-1"),
+        ("RDO_LOG_LEVEL", "verbose"),
+        ("RDO_LOG_LEVEL", ""),
+        ("RDO_LOG_FORMAT", "xml"),
+        ("RDO_CLUSTER_DOMAIN", "Bad_Domain"),
+        ("RDO_LIVENESS_ENDPOINT", "https://0.0.0.0:8080/healthz"),  # kopf serves http only
+        ("RDO_RESYNC_SECONDS", "0"),
     ],
 )
 def test_bad_env_is_refused(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("RDO_LOG_LEVEL", "DEBUG", "DEBUG"),
+        ("RDO_LOG_FORMAT", "json", "json"),
+        ("RDO_CLUSTER_DOMAIN", "corp.example", "corp.example"),
+        ("RDO_LIVENESS_ENDPOINT", "", ""),  # disables kopf's probe (the integration tests do)
+        ("RDO_LIVENESS_ENDPOINT", "http://127.0.0.1:9090/hz", "http://127.0.0.1:9090/hz"),
+        ("RDO_RESYNC_SECONDS", "0.5", 0.5),
+    ],
+)
+def test_good_env_is_accepted(
+    monkeypatch: pytest.MonkeyPatch, var: str, value: str, expected: object
+) -> None:
+    monkeypatch.setenv(var, value)
+    assert getattr(Settings(), var.removeprefix("RDO_").lower()) == expected
+
+
+def test_every_log_format_is_a_kopf_format() -> None:
+    """__main__ hands log_format to kopf by name."""
+    formats = Settings.model_json_schema()["properties"]["log_format"]["enum"]
+    assert {kopf.LogFormat[f.upper()] for f in formats} == set(kopf.LogFormat)
+
+
+def test_only_config_reads_the_environment() -> None:
+    """Settings are read only through Settings: no other module of the operator reads the
+    environment itself."""
+    package = Path(remote_docker_operator.__file__).parent
+    readers = {
+        path.name
+        for path in package.glob("*.py")
+        if re.search(r"\bos\.environ\b|\bgetenv\(", path.read_text())
+    }
+    assert readers == set()

@@ -1,0 +1,24 @@
+{{/*
+The operator's RDO_* environment, one variable per setting:
+generated from config.py's Settings by `make generate`; do not edit.
+*/}}
+{{- define "remote-docker-operator.settingsEnv" }}
+- name: RDO_NAMESPACE_PREFIX
+  value: {{ .Values.operator.namespacePrefix | quote }}
+- name: RDO_DEFAULT_DEADLINE_SECONDS
+  value: {{ .Values.operator.defaultDeadlineSeconds | int64 | toString | quote }}
+- name: RDO_DEFAULT_TTL_SECONDS
+  value: {{ .Values.operator.defaultTtlSeconds | int64 | toString | quote }}
+- name: RDO_MAX_RUNNING
+  value: {{ .Values.operator.maxRunning | int64 | toString | quote }}
+- name: RDO_RESYNC_SECONDS
+  value: {{ .Values.operator.resyncSeconds | toString | quote }}
+- name: RDO_CLUSTER_DOMAIN
+  value: {{ .Values.operator.clusterDomain | quote }}
+- name: RDO_LOG_LEVEL
+  value: {{ .Values.operator.logLevel | quote }}
+- name: RDO_LOG_FORMAT
+  value: {{ .Values.operator.logFormat | quote }}
+- name: RDO_LIVENESS_ENDPOINT
+  value: "http://0.0.0.0:8080/healthz"
+{{- end }}
