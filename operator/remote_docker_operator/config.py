@@ -53,7 +53,7 @@ class Settings(BaseSettings):
         30.0,
         gt=0,
         description="How often each unfinished BuildJob is checked (deadline, TTL, children "
-        "deleted behind the operator's back).",
+        "deleted or changed behind the operator's back).",
     )
     cluster_domain: str = Field(
         "cluster.local",

@@ -292,12 +292,14 @@ class Reconciler:
                     state.pods.clear()
                 case decide.DeleteNamespace(ttl_seconds=ttl):
                     self._delete(state, "Namespace")
+                    # The status says so; an Event would say nothing new (and cost a write).
                     self._write(state, {**state.status, "cleanedUp": True})
-                    self.events(
-                        state.ref,
-                        "Normal",
-                        "CleanedUp",
-                        f"deleted namespace {state.job_namespace} {ttl}s after finishing",
+                    logger.info(
+                        "BuildJob %s/%s: deleted namespace %s %ss after finishing",
+                        state.namespace,
+                        state.name,
+                        state.job_namespace,
+                        ttl,
                     )
 
     @staticmethod
@@ -528,8 +530,9 @@ class Reconciler:
         if not self._write(state, new):
             return
         if (before.get("phase"), before.get("reason")) != (change.phase, change.reason):
-            kind = "Warning" if change.phase == "Failed" else "Normal"
-            self.events(state.ref, kind, change.reason, change.message)
+            if change.reason in st.EVENT_REASONS or change.phase == "Failed":
+                kind = "Warning" if change.phase == "Failed" else "Normal"
+                self.events(state.ref, kind, change.reason, change.message)
             logger.info(
                 "BuildJob %s/%s is %s: %s",
                 state.namespace,

@@ -31,6 +31,12 @@ ENGINE_CLASS_REFUSED = "EngineClassRefused"
 FOREIGN_OBJECT = "ForeignObject"
 NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"
 
+# Transitions worth an Event besides every failure (a Warning): those that tell what the
+# status alone does not show in `kubectl describe` or to an Event-based alert (why a BuildJob
+# waits, that it ended well). Provisioning and JobRunning are in the status and its conditions'
+# times; each Event is one more write to the API server per BuildJob.
+EVENT_REASONS = frozenset({QUEUED, SUCCEEDED})
+
 
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)

@@ -1,10 +1,14 @@
 """The reconciler's pure decisions: parsing, queue admission. (Its API side is exercised against
 a real API server in tests/integration.)"""
 
-from typing import Any
+import asyncio
+from typing import Any, ClassVar
 
-from remote_docker_operator import names
+import kopf
+
+from remote_docker_operator import handlers, names
 from remote_docker_operator.config import Settings
+from remote_docker_operator.errors import NotYet
 from remote_docker_operator.jobstate import parse_spec
 from remote_docker_operator.kube import Kube
 from remote_docker_operator.reconcile import Reconciler
@@ -106,3 +110,48 @@ def test_namespace_cap_of_a_class() -> None:
     assert rec._admit(elsewhere) is None
     running.status = {"phase": "Succeeded"}
     assert rec._admit(waiting) is None
+
+
+def test_a_step_that_must_wait_is_requeued_with_backoff_not_slept_on() -> None:
+    requeued: list[tuple[str, float]] = []
+    rec = Reconciler(Kube.__new__(Kube), Settings(), lambda *_: None, lambda *a: requeued.append(a))
+    state = rec.observe(body("u", "2026-01-01T00:00:00Z"))
+    calls = 0
+
+    def step(*_: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls < 4:
+            raise NotYet("no ServiceAccount yet", 0.1)
+
+    rec._step = step  # type: ignore[method-assign]
+    for _ in range(4):
+        rec._guarded_step(state, drift_check=False)
+    assert requeued == [("u", 0.1), ("u", 0.2), ("u", 0.4)]
+    assert state.retries == 0  # a step that went through resets the backoff
+    assert state.phase is None  # waiting is not failing
+
+
+def test_requeue_runs_the_buildjob_again_from_another_thread() -> None:
+    memo = kopf.Memo()
+    ran: list[str] = []
+
+    class Rec:
+        jobs: ClassVar[dict[str, str]] = {"u": "state-of-u"}
+
+        def reconcile(self, state: str) -> None:
+            ran.append(state)
+
+    memo.reconciler = Rec()
+
+    async def main() -> None:
+        requeue = handlers.requeue_on(asyncio.get_running_loop(), memo)
+        await asyncio.to_thread(requeue, "u", 0.05)
+        await asyncio.to_thread(requeue, "gone", 0.01)  # forgotten meanwhile: nothing runs
+        for _ in range(100):
+            if ran:
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    assert ran == ["state-of-u"]
