@@ -6,7 +6,7 @@ import os
 
 import kopf
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import handlers, metrics  # importing handlers registers them
 
 
 def main() -> None:
@@ -22,6 +22,8 @@ def main() -> None:
         # kopf says "Handler succeeded" for every event and timer tick; our own log lines say
         # what actually happened ("Created engine pod", phase changes). Failures still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    # Before kopf starts, and once: kopf may retry its startup handler, a port binds once.
+    metrics.serve(handlers.SETTINGS.metrics_port)
     liveness = os.environ.get("RDO_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz")
     asyncio.run(
         kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=liveness or None)

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         30.0, gt=0, description="How often each unfinished BuildJob is checked for drift."
     )
     cluster_domain: str = Field("cluster.local", description="The cluster's DNS domain.")
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint (/metrics, on all addresses); 0 serves none. "
+        "Off by default so that a local run binds no port unasked; the chart turns it on.",
+    )
     failpoint: str = Field(
         "", description="Test-only: the reconcile step at which the operator kills itself."
     )

@@ -10,7 +10,7 @@ from typing import Any, cast
 
 import kopf
 
-from . import names
+from . import metrics, names
 from .config import get_settings
 from .kube import Kube, Obj, load_config
 from .reconcile import ACTIVE_PHASES, Reconciler
@@ -60,6 +60,7 @@ def startup(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> N
     for namespace in rec.sweep_orphans(managed):
         logger.info("Deleted orphaned namespace %s", namespace)
     _state["reconciler"] = rec
+    metrics.track(lambda: list(rec.jobs.values()))
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)

@@ -18,7 +18,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
 
-from . import builders, certs, classes, failpoints, names, pods
+from . import builders, certs, classes, failpoints, metrics, names, pods
 from . import status as st
 from .builders import Target
 from .config import Settings
@@ -247,7 +247,11 @@ class Reconciler:
         try:
             self._step(state, drift_check)
         except Refusal as e:
+            metrics.reconcile_error(e)
             self._fail(state, e.reason, str(e))
+        except Exception as e:
+            metrics.reconcile_error(e)
+            raise
 
     def _step(self, state: JobState, drift_check: bool) -> None:
         if state.phase in TERMINAL_PHASES:
@@ -719,6 +723,7 @@ class Reconciler:
         if not self.kube.patch_status(names.KIND, state.namespace, state.name, patch):
             state.gone = True
             return False
+        metrics.status_written(state.created, state.status, new)
         state.status = new
         return True
 
