@@ -50,8 +50,9 @@ RECONCILE_ERRORS = Counter(
 API_REQUESTS = Counter(
     PREFIX + "api_requests",
     "Requests the operator's reconciler made to the Kubernetes API server, by HTTP verb and "
-    "response code (code=error: no response). Each 429 retry counts. Not counted: kopf's own "
-    "requests (its watches, finalizer patches and Events).",
+    "final response code (code=error: no response). urllib3's own retries (a 429 or 503 with "
+    "Retry-After) within one request are not seen; the operator's retries of a 429 count each. "
+    "Not counted: kopf's own requests (its watches, finalizer patches and Events).",
     ["verb", "code"],
 )
 
