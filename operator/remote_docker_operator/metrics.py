@@ -19,8 +19,6 @@ from . import status as st
 from .errors import Refusal
 
 PREFIX = "remote_docker_"
-# A BuildJob the operator has not written a status for yet waits like a Pending one.
-WAITING_PHASES = (None, "Pending")
 
 BUILDJOBS_FINISHED = Counter(
     PREFIX + "buildjobs_finished",
@@ -84,6 +82,7 @@ class BuildJobCollector(Collector):
         )
         tally: Tally[tuple[str, str]] = Tally()
         for job in self.jobs():
+            # One the operator has not written a status for yet waits like a Pending one.
             if not job.gone:
                 tally[job.status.get("phase") or "Pending", job.status.get("reason") or ""] += 1
         for (phase, reason), count in sorted(tally.items()):
