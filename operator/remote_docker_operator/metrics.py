@@ -41,8 +41,9 @@ JOB_DURATION = Histogram(
 RECONCILE_ERRORS = Counter(
     PREFIX + "reconcile_errors",
     "Reconcile steps that raised, by reason: outcome=failed when the BuildJob was failed with "
-    "that reason (a refusal); outcome=retried when the step raised something else (the "
-    "exception's class name) and the trigger is retried.",
+    "that reason (a refusal); outcome=raised when the step raised anything else (reason: the "
+    "exception's class name), which the next trigger (at the latest the resync timer) meets "
+    "again or not.",
     ["reason", "outcome"],
 )
 API_REQUESTS = Counter(
@@ -130,7 +131,7 @@ def reconcile_error(error: Exception) -> None:
     if isinstance(error, Refusal):
         RECONCILE_ERRORS.labels(error.reason, "failed").inc()
     else:
-        RECONCILE_ERRORS.labels(type(error).__name__, "retried").inc()
+        RECONCILE_ERRORS.labels(type(error).__name__, "raised").inc()
 
 
 def api_request(verb: str, code: int | None) -> None:

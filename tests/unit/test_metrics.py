@@ -149,16 +149,16 @@ def test_refused_before_start_counts_without_a_duration() -> None:
 
 def test_reconcile_errors_by_reason_and_outcome() -> None:
     refused = {"reason": "EngineClassNotFound", "outcome": "failed"}
-    retried = {"reason": "ApiException", "outcome": "retried"}
+    raised = {"reason": "ApiException", "outcome": "raised"}
     a, b = (
         value("remote_docker_reconcile_errors_total", **refused),
-        value("remote_docker_reconcile_errors_total", **retried),
+        value("remote_docker_reconcile_errors_total", **raised),
     )
     metrics.reconcile_error(ClassNotFound("spec.engine.className: nope"))
     metrics.reconcile_error(ApiException(status=500))
     metrics.reconcile_error(ApiException(status=500))
     assert value("remote_docker_reconcile_errors_total", **refused) == a + 1
-    assert value("remote_docker_reconcile_errors_total", **retried) == b + 2
+    assert value("remote_docker_reconcile_errors_total", **raised) == b + 2
 
 
 def test_the_reconcilers_error_boundary_counts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -176,12 +176,12 @@ def test_the_reconcilers_error_boundary_counts(monkeypatch: pytest.MonkeyPatch) 
     assert writes
     assert writes[-1]["reason"] == "EngineClassNotFound"
 
-    retried = {"reason": "ApiException", "outcome": "retried"}
-    before = value("remote_docker_reconcile_errors_total", **retried)
+    raised = {"reason": "ApiException", "outcome": "raised"}
+    before = value("remote_docker_reconcile_errors_total", **raised)
     monkeypatch.setattr(rec, "_step", _raiser(ApiException(status=503)))
     with pytest.raises(ApiException):
         rec._guarded_step(state, drift_check=False)
-    assert value("remote_docker_reconcile_errors_total", **retried) == before + 1
+    assert value("remote_docker_reconcile_errors_total", **raised) == before + 1
 
 
 def _raiser(error: Exception) -> Any:
@@ -228,7 +228,7 @@ def test_api_requests_by_verb_and_code(monkeypatch: pytest.MonkeyPatch) -> None:
     kube = Kube(FakeClient(  # type: ignore[arg-type]
         FakeResponse(200, json.dumps({"items": []}).encode()),
         FakeResponse(404, b"{}"),
-        FakeResponse(429),  # retried: both attempts count
+        FakeResponse(429),  # raised: both attempts count
         FakeResponse(201),
         ConnectionError("refused"),
     ))  # fmt: skip
