@@ -5,7 +5,7 @@ import logging
 
 import kopf
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import handlers, metrics  # noqa: F401  (importing handlers registers them)
 from .config import get_settings
 
 
@@ -20,6 +20,9 @@ def main() -> None:
         # what actually happened ("Created engine pod", phase changes). Failures still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Peering (standalone or not) is decided in handlers.startup with kopf's other settings.
+    # Metrics before kopf starts, and once: kopf may retry its startup handler, a port binds
+    # once.
+    metrics.serve(settings.metrics_port)
     asyncio.run(
         kopf.operator(clusterwide=True, liveness_endpoint=settings.liveness_endpoint or None)
     )

@@ -20,6 +20,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # The chart passes the default itself and offers no value: other parts of the Deployment (a
 # probe, a port) depend on it.
 CHART_FIXED: dict[str, JsonValue] = {"x-chart": "fixed"}
+
+
+# Made by the chart from values of its own (a Go template pipeline), because other parts of
+# the chart (a Service, a port) use the same values.
+def chart_derived(template: str, values: str) -> dict[str, JsonValue]:
+    return {"x-chart": "derived", "x-chart-template": template, "x-chart-values": values}
+
+
 # Not in the chart at all (test-only switches).
 CHART_ABSENT: dict[str, JsonValue] = {"x-chart": "absent"}
 
@@ -76,6 +84,17 @@ class Settings(BaseSettings):
         pattern=r"^(http://[^/\s]+(/\S*)?)?$",
         description="Where kopf serves its liveness probe (http only); empty disables it.",
         json_schema_extra=CHART_FIXED,
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint (/metrics, on all addresses); 0 serves none. "
+        "Off by default so that a local run binds no port unasked; the chart turns it on.",
+        json_schema_extra=chart_derived(
+            "ternary .Values.metrics.port 0 .Values.metrics.enabled | int64 | toString | quote",
+            "`metrics.enabled` and `metrics.port`",
+        ),
     )
     failpoint: str = Field(
         "",

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import kopf
 
-from . import names
+from . import metrics, names
 from .config import get_settings
 from .decide import ACTIVE_PHASES
 from .kube import Kube, Obj, load_config
@@ -76,6 +76,7 @@ async def startup(
     # Blocking reads: off the event loop.
     await asyncio.to_thread(_load, rec, logger)
     memo.reconciler = rec
+    metrics.track(lambda: list(rec.jobs.values()))
 
 
 def _load(rec: Reconciler, logger: kopf.Logger) -> None:

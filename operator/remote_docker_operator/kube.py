@@ -18,7 +18,7 @@ import kubernetes
 from kubernetes.client import ApiClient, Configuration
 from kubernetes.client.exceptions import ApiException
 
-from . import names
+from . import metrics, names
 
 logger = logging.getLogger(__name__)
 Obj = dict[str, Any]
@@ -79,9 +79,14 @@ class Kube:
                 body=body,
                 auth_settings=["BearerToken"],
             )
-            response = self.client.call_api(
-                method_, url, header_params, payload, _request_timeout=REQUEST_TIMEOUT
-            )
+            try:
+                response = self.client.call_api(
+                    method_, url, header_params, payload, _request_timeout=REQUEST_TIMEOUT
+                )
+            except Exception:
+                metrics.api_request(method, None)
+                raise
+            metrics.api_request(method, response.status)
             data = response.read()  # type: ignore[no-untyped-call]
             if response.status == 429 and attempt < THROTTLE_RETRIES:
                 retry_after = response.getheader("Retry-After") or "1"  # type: ignore[no-untyped-call]

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
 
-from . import builders, certs, classes, decide, failpoints, names, queue
+from . import builders, certs, classes, decide, failpoints, metrics, names, queue
 from . import status as st
 from .builders import Target
 from .config import Settings
@@ -204,6 +204,7 @@ class Reconciler:
         try:
             self._step(state, drift_check)
         except Refusal as e:
+            metrics.reconcile_error(e)
             self._fail(state, e.reason, str(e))
         except NotYet as e:
             delay = min(e.delay * 2**state.retries, MAX_RETRY_SECONDS)
@@ -212,6 +213,9 @@ class Reconciler:
                 "BuildJob %s/%s: %s; again in %.1fs", state.namespace, state.name, e, delay
             )
             self.requeue(state.uid, delay)
+        except Exception as e:
+            metrics.reconcile_error(e)
+            raise
         else:
             state.retries = 0
 
@@ -548,6 +552,7 @@ class Reconciler:
         if not self.kube.patch_status(names.KIND, state.namespace, state.name, patch):
             state.gone = True
             return False
+        metrics.status_written(state.created, state.status, new)
         state.status = new
         return True
 

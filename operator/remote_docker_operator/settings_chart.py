@@ -39,7 +39,7 @@ GENERATED = "generated from config.py's Settings by `make generate`; do not edit
 # The generated block of values.yaml and of the README lies between the lines holding these.
 BEGIN, END = "BEGIN operator settings", "END operator settings"
 
-ChartUse = Literal["value", "fixed", "absent"]
+ChartUse = Literal["value", "fixed", "derived", "absent"]
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,12 @@ class Setting:
     chart: ChartUse
     default: Any
     description: str
-    # The field's JSON schema without pydantic's title and our x-chart marker; a nullable field
-    # has "type": [T, "null"].
+    # The field's JSON schema without pydantic's title and our x-chart markers; a nullable
+    # field has "type": [T, "null"].
     schema: dict[str, Any]
+    # chart "derived": the Go template pipeline that gives the value, and the values it reads.
+    template: str = ""
+    values: str = ""
 
     @property
     def type(self) -> str:
@@ -68,7 +71,7 @@ class Setting:
 def _field_schema(node: dict[str, Any], name: str) -> dict[str, Any]:
     """Flatten Optional's anyOf-with-null into "type": [T, "null"]; refuse other shapes, which
     the env helper would not know how to pass."""
-    node = {k: v for k, v in node.items() if k not in ("title", "x-chart")}
+    node = {k: v for k, v in node.items() if k != "title" and not k.startswith("x-chart")}
     any_of = node.pop("anyOf", None)
     if any_of is not None:
         rest = [branch for branch in any_of if branch != {"type": "null"}]
@@ -93,7 +96,7 @@ def settings(model: type[BaseSettings] = Settings) -> list[Setting]:
             raise ValueError(f"{model.__name__}.{name}: every setting needs a description")
         node = schema["properties"][name]
         chart = node.get("x-chart", "value")
-        if chart not in ("value", "fixed", "absent"):
+        if chart not in ("value", "fixed", "derived", "absent"):
             raise ValueError(f"{model.__name__}.{name}: unknown x-chart {chart!r}")
         out.append(
             Setting(
@@ -103,6 +106,8 @@ def settings(model: type[BaseSettings] = Settings) -> list[Setting]:
                 default=field.get_default(call_default_factory=True),
                 description=field.description,
                 schema=_field_schema(node, name),
+                template=str(node.get("x-chart-template", "")),
+                values=str(node.get("x-chart-values", "")),
             )
         )
     return out
@@ -218,6 +223,9 @@ def env_helper(model: type[BaseSettings] = Settings) -> str:
             # Other parts of the Deployment depend on this value (a probe, a port).
             lines += [f"- name: {s.env}", f"  value: {json.dumps(str(s.default))}"]
             continue
+        if s.chart == "derived":
+            lines += [f"- name: {s.env}", f"  value: {{{{ {s.template} }}}}"]
+            continue
         value = f".Values.{VALUES_KEY}.{s.key}"
         entry = [f"- name: {s.env}", f"  value: {{{{ {value} | {_PIPE[s.type]} }}}}"]
         if s.nullable:  # null means unset: the operator's own default
@@ -276,6 +284,8 @@ def readme_table(model: type[BaseSettings] = Settings) -> str:
     ]
     for s in settings(model):
         value = chart.get(s.chart, f"`{VALUES_KEY}.{s.key}`")
+        if s.chart == "derived":
+            value = f"from {s.values}"
         allowed = _allowed(s)
         allowed = f"`{_cell(allowed)}`" if allowed.startswith("matches") else _cell(allowed)
         lines.append(

@@ -22,13 +22,15 @@ from ..support import (
 )
 
 sys.path.insert(0, str(ROOT / "cluster"))
-from localcluster import BIN, Cluster, Ports
+from localcluster import BIN, Cluster, Ports, free_port
 
 # Fast resync so deadlines, TTLs and drift are noticed within a second or two in tests.
 OPERATOR_ENV = {
     "RDO_LOG_LEVEL": "DEBUG",
     "RDO_RESYNC_SECONDS": "1",
     "RDO_DEFAULT_TTL_SECONDS": "600",
+    # Its /metrics (test_metrics.py), on a port free when the session starts.
+    "RDO_METRICS_PORT": str(free_port()),
 }
 # The default class of the tier: local images (kwok pulls nothing), any version of them.
 ENGINE_CLASS = {
@@ -85,6 +87,11 @@ def operator_kubeconfig(cluster: Cluster) -> Path:
 @pytest.fixture(scope="session")
 def operator(cluster: Cluster, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
     yield from operator_for(cluster, OPERATOR_ENV, operator_kubeconfig)
+
+
+@pytest.fixture
+def metrics_url(operator: OperatorProcess) -> str:
+    return f"http://127.0.0.1:{OPERATOR_ENV['RDO_METRICS_PORT']}/metrics"
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ Needs the helm binary that `cluster/build-bins.sh tools` builds under $RDO_CACHE
 """
 
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -246,6 +247,13 @@ def test_schema_bounds_match_config() -> None:
         if f"RDO_{field_name.upper()}" not in in_chart:
             continue
         camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), field_name)
+        if field_name == "metrics_port":
+            # The chart says "off" with metrics.enabled, so its port starts at 1 (the
+            # operator's 0 is "off"); the upper bound is the same.
+            port = load_schema()["properties"]["metrics"]["properties"]["port"]
+            assert (port["minimum"], port["maximum"]) == (1, 65535)
+            assert {type(m).__name__: m for m in field.metadata}["Le"].le == 65535
+            continue
         prop = props[camel]
         bounds = {type(m).__name__: m for m in field.metadata}
         expected = {
@@ -274,6 +282,7 @@ def test_one_resource_per_template() -> None:
             "templates/clusterrole.yaml",
             "templates/clusterrolebinding.yaml",
             "templates/deployment.yaml",
+            "templates/metrics-service.yaml",
             "templates/engineclass.yaml",
             "templates/aggregate-role-edit.yaml",
             "templates/aggregate-role-view.yaml",
@@ -300,7 +309,7 @@ def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
         "app.kubernetes.io/managed-by": "Helm",
         "helm.sh/chart": "remote-docker-operator-0.1.0",
     }
-    assert len(docs) == 17
+    assert len(docs) == 18
     for doc in docs:
         labels = doc["metadata"].get("labels") or {}
         assert expected.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}"
@@ -326,7 +335,9 @@ def test_namespaced_objects_are_in_the_release_namespace(docs: list[Obj]) -> Non
 
 def test_names_fit_in_63_characters_for_a_long_release_name() -> None:
     release = "r" * 53
-    for doc in render(release=release):
+    everything = ("--set", "metrics.serviceMonitor.enabled=true")
+    everything += ("--set", "metrics.dashboard.enabled=true")
+    for doc in render(*everything, release=release):
         assert len(doc["metadata"]["name"]) <= 63, doc["kind"]
     pod = one(render(release=release), "Pod", hook=True)
     prefix = env_values(container(pod["spec"]))["RDO_TEST_NAME_PREFIX"]
@@ -402,8 +413,13 @@ def test_env_defaults_are_the_operators_defaults(
     """Every setting of config.py has its variable, and the chart's defaults parse to exactly
     the operator's own defaults."""
     env = {k: v for k, v in operator_env(docs).items() if k.startswith("RDO_")}
+    # The one deliberate difference: the chart serves metrics by default, while the operator
+    # run by hand binds no port unasked (test_metrics_values).
+    assert env.pop("RDO_METRICS_PORT") == "8000"
+    assert Settings().metrics_port == 0
     settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields}
-    assert set(env) == settings_vars - {"RDO_FAILPOINT"}  # test-only, not in the chart
+    # RDO_FAILPOINT: test-only, not in the chart.
+    assert set(env) | {"RDO_METRICS_PORT"} == settings_vars - {"RDO_FAILPOINT"}
     defaults = Settings()
     for key, value in env.items():
         clean_env.setenv(key, value)
@@ -461,8 +477,10 @@ def test_a_new_setting_needs_no_edit_but_generate(
     assert env["RDO_ELECT"] == "false"
     assert env["RDO_RATIO"] == "0.25"
     assert "RDO_LEASE_NAME" not in env  # null: the operator's own default
+    # Derived settings (RDO_METRICS_PORT) follow other values of the chart, not the default.
+    derived = {s.env for s in settings_chart.settings(Extended) if s.chart == "derived"}
     for key, value in env.items():
-        if key.startswith("RDO_"):
+        if key.startswith("RDO_") and key not in derived:
             clean_env.setenv(key, value)
     assert Extended() == Extended.model_construct()  # the chart's defaults are the operator's
 
@@ -643,6 +661,9 @@ def test_cluster_role_binding(docs: list[Obj]) -> None:
         "resources.bogus=1",
         "affinity.bogus=1",
         "test.bogus=1",
+        "metrics.bogus=1",
+        "metrics.serviceMonitor.bogus=1",
+        "metrics.dashboard.bogus=1",
         "imagePullSecrets[0].bogus=1",
     ],
 )
@@ -675,12 +696,77 @@ def test_unknown_keys_are_refused(assignment: str) -> None:
         ["--set", "operator.engineStorage=lots"],
         ["--set", "test.timeoutSeconds=0"],
         ["--set", "serviceAccount.create=maybe"],
+        ["--set", "metrics.port=0"],
+        ["--set", "metrics.port=65536"],
+        ["--set", "metrics.serviceMonitor.interval=soon"],
+        ["--set", "metrics.enabled=yes"],
     ],
 )
 def test_invalid_values_are_refused(args: list[str]) -> None:
     result = template(*args)
     assert result.returncode != 0
     assert "schema" in result.stderr
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_metrics_values(clean_env: pytest.MonkeyPatch) -> None:
+    """On by default: the operator gets the port, the pod names it, a Service selects the pod
+    by that name. Off: port 0 (the operator serves nothing) and no Service."""
+    docs = render("--set", "metrics.port=9100")
+    c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in c["ports"]
+    assert env_values(c)["RDO_METRICS_PORT"] == "9100"
+    clean_env.setenv("RDO_METRICS_PORT", env_values(c)["RDO_METRICS_PORT"])
+    assert Settings().metrics_port == 9100
+    service = one(docs, "Service")
+    assert service["metadata"]["name"] == f"{FULLNAME}-metrics"
+    assert service["spec"]["ports"] == [
+        {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
+    ]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert not find(docs, "ServiceMonitor")
+    assert not find(docs, "ConfigMap")
+
+    off = render("--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
+    c = container(one(off, "Deployment")["spec"]["template"]["spec"])
+    assert env_values(c)["RDO_METRICS_PORT"] == "0"
+    assert [p["name"] for p in c["ports"]] == ["healthz"]
+    assert not find(off, "Service")
+    assert not find(off, "ServiceMonitor")  # nothing to scrape
+
+
+def test_service_monitor() -> None:
+    docs = render(
+        "--set", "metrics.serviceMonitor.enabled=true",
+        "--set", "metrics.serviceMonitor.labels.release=prom",
+        "--set", "metrics.serviceMonitor.interval=15s",
+    )  # fmt: skip
+    monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    spec = monitor["spec"]
+    # It selects exactly the metrics Service, in the release namespace, by its port's name.
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert spec["selector"]["matchLabels"]["app.kubernetes.io/component"] == "metrics"
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    assert spec["endpoints"] == [{"port": "metrics", "path": "/metrics", "interval": "15s"}]
+    assert spec["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_dashboard_config_map() -> None:
+    docs = render(
+        "--set", "metrics.dashboard.enabled=true",
+        "--set", "metrics.dashboard.annotations.grafana_folder=CI",
+    )  # fmt: skip
+    cm = one(docs, "ConfigMap")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "CI"}
+    shipped = cm["data"]["remote-docker-operator.json"]
+    source = (CHART / "dashboards" / "remote-docker-operator.json").read_text()
+    assert json.loads(shipped) == json.loads(source)
 
 
 # -- helm test ----------------------------------------------------------------------------------
@@ -749,7 +835,7 @@ def test_test_values() -> None:
 
     docs = render("--set", "test.enabled=false")
     assert [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})] == []
-    assert len(docs) == 13
+    assert len(docs) == 14
 
 
 @pytest.mark.parametrize("engine_image", ["", "registry.example/docker:27-dind"])

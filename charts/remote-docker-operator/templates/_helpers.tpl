@@ -71,3 +71,10 @@ Name of the helm test's objects (ServiceAccount, Role, RoleBinding, Pod).
 {{- define "remote-docker-operator.testName" -}}
 {{- printf "%s-test" (include "remote-docker-operator.fullname" . | trunc 58 | trimSuffix "-") }}
 {{- end }}
+
+{{/*
+Name of the metrics Service and ServiceMonitor (the dashboard ConfigMap adds "-dashboard").
+*/}}
+{{- define "remote-docker-operator.metricsName" -}}
+{{- printf "%s-metrics" (include "remote-docker-operator.fullname" . | trunc 45 | trimSuffix "-") }}
+{{- end }}

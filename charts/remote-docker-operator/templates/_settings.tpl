@@ -21,4 +21,6 @@ generated from config.py's Settings by `make generate`; do not edit.
   value: {{ .Values.operator.logFormat | quote }}
 - name: RDO_LIVENESS_ENDPOINT
   value: "http://0.0.0.0:8080/healthz"
+- name: RDO_METRICS_PORT
+  value: {{ ternary .Values.metrics.port 0 .Values.metrics.enabled | int64 | toString | quote }}
 {{- end }}
