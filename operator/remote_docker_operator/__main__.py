@@ -1,4 +1,5 @@
-"""`python -m remote_docker_operator`: runs the operator (all namespaces, one replica)."""
+"""`python -m remote_docker_operator`: runs the operator (all namespaces), once this replica holds
+the leader Lease (leader.py)."""
 
 import asyncio
 import logging
@@ -6,7 +7,9 @@ import os
 
 import kopf
 
-from . import handlers  # noqa: F401  (registers the handlers)
+from . import handlers, leader
+from .config import get_settings
+from .kube import load_config
 
 
 def main() -> None:
@@ -23,9 +26,18 @@ def main() -> None:
         # what actually happened ("Created engine pod", phase changes). Failures still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     liveness = os.environ.get("RDO_LIVENESS_ENDPOINT", "http://0.0.0.0:8080/healthz")
-    asyncio.run(
-        kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=liveness or None)
-    )
+    settings = get_settings()
+    elector = None
+    if settings.leader_election:
+        load_config(pool_size=handlers.WORKERS)
+        elector = leader.lead(settings, liveness or None)
+    try:
+        asyncio.run(
+            kopf.operator(clusterwide=True, standalone=True, liveness_endpoint=liveness or None)
+        )
+    finally:
+        if elector is not None:
+            elector.release()
 
 
 if __name__ == "__main__":
