@@ -228,11 +228,15 @@ def test_schema_and_values_cover_each_other() -> None:
     compare(values, schema, "")
 
 
+# Settings the chart derives from the release and the pod, not from values.
+PER_RELEASE_SETTINGS = {"lease_name", "lease_namespace", "leader_identity"}
+
+
 def test_schema_bounds_match_config() -> None:
     """Minimums and maximums of the operator's settings are the ones config.py enforces."""
     props = load_schema()["properties"]["operator"]["properties"]
     for field_name, field in Settings.model_fields.items():
-        if field_name == "failpoint":
+        if field_name == "failpoint" or field_name in PER_RELEASE_SETTINGS:
             continue
         camel = re.sub(r"_([a-z])", lambda m: m.group(1).upper(), field_name)
         prop = props[camel]
@@ -263,6 +267,9 @@ def test_one_resource_per_template() -> None:
             "templates/clusterrole.yaml",
             "templates/clusterrolebinding.yaml",
             "templates/deployment.yaml",
+            "templates/poddisruptionbudget.yaml",
+            "templates/role-leader-election.yaml",
+            "templates/rolebinding-leader-election.yaml",
             "templates/engineclass.yaml",
             "templates/aggregate-role-edit.yaml",
             "templates/aggregate-role-view.yaml",
@@ -289,7 +296,7 @@ def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
         "app.kubernetes.io/managed-by": "Helm",
         "helm.sh/chart": "remote-docker-operator-0.1.0",
     }
-    assert len(docs) == 17
+    assert len(docs) == 20
     for doc in docs:
         labels = doc["metadata"].get("labels") or {}
         assert expected.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}"
@@ -330,8 +337,12 @@ def test_deployment_shape(docs: list[Obj]) -> None:
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]
     assert deployment["metadata"]["name"] == FULLNAME
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    # A new pod joins as a standby before an old one goes.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     template = spec["template"]
     assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     pod = template["spec"]
@@ -391,12 +402,24 @@ def test_env_defaults_are_the_operators_defaults(
     """Every setting of config.py has its variable, and the chart's defaults parse to exactly
     the operator's own defaults."""
     env = {k: v for k, v in operator_env(docs).items() if k.startswith("RDO_")}
+    c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in c["env"]
+        if "valueFrom" in e and e["name"].startswith("RDO_")
+    }
     settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields} - {"RDO_FAILPOINT"}
-    assert set(env) == settings_vars | {
+    assert set(env) | set(fields) == settings_vars | {
         "RDO_LIVENESS_ENDPOINT",
         "RDO_LOG_LEVEL",
         "RDO_LOG_FORMAT",
     }
+    # The Lease: named after the release, in its namespace, held under the pod's name.
+    assert fields == {
+        "RDO_LEASE_NAMESPACE": "metadata.namespace",
+        "RDO_LEADER_IDENTITY": "metadata.name",
+    }
+    assert env.pop("RDO_LEASE_NAME") == FULLNAME
     defaults = Settings()
     for key, value in env.items():
         clean_env.setenv(key, value)
@@ -421,6 +444,22 @@ def test_env_defaults_are_the_operators_defaults(
         (["--set", "operator.clusterDomain=corp.example"], "RDO_CLUSTER_DOMAIN", "corp.example"),
         (["--set", "operator.logLevel=DEBUG"], "RDO_LOG_LEVEL", "DEBUG"),
         (["--set", "operator.logFormat=json"], "RDO_LOG_FORMAT", "json"),
+        (["--set", "operator.leaseDurationSeconds=30"], "RDO_LEASE_DURATION_SECONDS", "30"),
+        (
+            ["--set-json", "operator.leaseRenewDeadlineSeconds=2.5"],
+            "RDO_LEASE_RENEW_DEADLINE_SECONDS",
+            "2.5",
+        ),
+        (
+            ["--set-json", "operator.leaseRetryPeriodSeconds=0.5"],
+            "RDO_LEASE_RETRY_PERIOD_SECONDS",
+            "0.5",
+        ),
+        (
+            ["--set", "replicaCount=1", "--set", "operator.leaderElection=false"],
+            "RDO_LEADER_ELECTION",
+            "false",
+        ),
     ],
 )
 def test_values_set_the_env(args: list[str], var: str, expected: str) -> None:
@@ -551,6 +590,71 @@ def test_cluster_role_binding(docs: list[Obj]) -> None:
     ]
 
 
+# -- leader election ----------------------------------------------------------------------------
+
+
+def test_leader_election_role_is_the_lease_alone(docs: list[Obj]) -> None:
+    """get/update of the one Lease the operator uses, create (RBAC cannot name what a create
+    makes), in the release namespace only; nothing cluster-wide grants leases."""
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [operator_env(docs)["RDO_LEASE_NAME"]],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+    for cluster_role in find(docs, "ClusterRole"):
+        for rule in cluster_role["rules"]:
+            assert "leases" not in rule["resources"], cluster_role["metadata"]["name"]
+
+
+def test_pod_disruption_budget(docs: list[Obj]) -> None:
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert find(render("--set", "podDisruptionBudget.enabled=false"), "PodDisruptionBudget") == []
+    pdb = one(render("--set", "podDisruptionBudget.maxUnavailable=2"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 2
+
+
+def test_a_single_replica_may_run_without_election() -> None:
+    docs = render("--set", "replicaCount=1", "--set", "operator.leaderElection=false")
+    spec = one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}  # the old pod goes before the new one acts
+    assert find(docs, "Role", hook=False) == []
+    assert find(docs, "RoleBinding", hook=False) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "operator.leaderElection=false"], "replicaCount > 1 needs"),
+        (["--set", "operator.leaseRenewDeadlineSeconds=8"], "leaseDurationSeconds must be"),
+        (["--set", "operator.leaseRetryPeriodSeconds=5"], "leaseRenewDeadlineSeconds must be"),
+    ],
+)
+def test_unsafe_election_values_are_refused(args: list[str], message: str) -> None:
+    result = template(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 # -- schema: what helm refuses ------------------------------------------------------------------
 
 
@@ -591,6 +695,12 @@ def test_unknown_keys_are_refused(assignment: str) -> None:
         ["--set", "operator.engineStorage=lots"],
         ["--set", "test.timeoutSeconds=0"],
         ["--set", "serviceAccount.create=maybe"],
+        ["--set", "replicaCount=0"],
+        ["--set", "podDisruptionBudget.maxUnavailable=0"],
+        ["--set", "operator.leaderElection=maybe"],
+        ["--set", "operator.leaseDurationSeconds=1"],
+        ["--set", "operator.leaseDurationSeconds=301"],
+        ["--set", "operator.leaseRetryPeriodSeconds=0"],
     ],
 )
 def test_invalid_values_are_refused(args: list[str]) -> None:
@@ -665,7 +775,7 @@ def test_test_values() -> None:
 
     docs = render("--set", "test.enabled=false")
     assert [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})] == []
-    assert len(docs) == 13
+    assert len(docs) == 16
 
 
 @pytest.mark.parametrize("engine_image", ["", "registry.example/docker:27-dind"])
