@@ -9,6 +9,8 @@ kopf does not let us set. The session operator is stopped meanwhile and restarte
 
 import base64
 import json
+import os
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -248,5 +250,45 @@ def test_standby_takes_over_from_a_killed_leader(
     assert a_late == [], a_late
     assert first_write > 0, "the standby wrote before the leader was killed"
     assert {credential(e) for e in entries if is_write(e)} == {a.credential, b.credential}
+    for job in jobs:
+        assert_one_of_each_child(kube, ns, job)
+
+
+def test_a_paused_leader_exits_when_it_resumes(
+    cluster: Cluster, kube: Kube, ns: str, replicas: tuple[Replica, Replica]
+) -> None:
+    """A leader frozen past the Lease (SIGSTOP: a long GC pause, a frozen VM) finds on resuming
+    that it has not renewed in time, and exits instead of acting beside the new leader."""
+    a, b = replicas
+    audit = Audit(cluster.dir / "audit.log")
+    audit.mark()
+    start_leader_and_standby(kube, a, b)
+    assert a.process.proc is not None
+    os.kill(a.process.proc.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: holder(kube) == b.name, timeout=TAKEOVER_TIMEOUT, what="b leading")
+        jobs = [f"paused-{i}" for i in range(6)]
+        for job in jobs:
+            kube.create_buildjob(ns, job, spec())
+        wait_for(
+            lambda: sum(bool(kube.status(ns, j).get("phase")) for j in jobs) >= 2,
+            timeout=60,
+            what="the new leader at work",
+        )
+    finally:
+        resumed_at = time.time()
+        os.kill(a.process.proc.pid, signal.SIGCONT)
+    assert a.process.proc.wait(30) == 1
+    assert "Lost leadership" in a.log()
+    for job in jobs:
+        kube.wait_phase(ns, job, "Succeeded", timeout=120)
+    a_late = [
+        describe(e)
+        for e in audit.since_mark()
+        if credential(e) == a.credential and is_write(e) and received(e) >= resumed_at
+    ]
+    # What the resumed process managed to send before its lease thread ended it: the window
+    # a Lease without fencing tokens leaves (client-go's leaves it too). Reported, not asserted.
+    print(f"\nthe resumed old leader exited; writes it sent first: {len(a_late)} {a_late[:5]}")
     for job in jobs:
         assert_one_of_each_child(kube, ns, job)
