@@ -2,7 +2,10 @@
 with a stale resourceVersion gets 409), on a fake clock."""
 
 import copy
+import socket
 import threading
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -274,3 +277,23 @@ def test_start_renewing_reports_a_loss(leases: FakeLeases, clock: Clock) -> None
 
 def test_default_identity_is_unique_per_process() -> None:
     assert leader.default_identity() != leader.default_identity()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_standby_answers_the_liveness_probe_and_frees_the_port() -> None:
+    """A standby is healthy (the kubelet must not restart it for lack of kopf's endpoint), and
+    the port is free again for kopf once it leads."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/healthz"
+    with leader.standby_health(url), urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, timeout=5)
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))  # as aiohttp binds kopf's endpoint
