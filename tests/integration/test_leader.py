@@ -196,6 +196,18 @@ def test_only_the_lease_holder_writes(
     for job in jobs:
         assert_one_of_each_child(kube, ns, job)
 
+    # Stopped gracefully (a rolling update), the leader hands the Lease over: the standby takes
+    # a released Lease, without waiting for it to expire.
+    stopped_at = time.monotonic()
+    a.process.stop()
+    assert a.process.proc is not None
+    assert a.process.proc.returncode == 0
+    wait_for(lambda: holder(kube) == b.name, timeout=TAKEOVER_TIMEOUT, what="b leading")
+    handover = time.monotonic() - stopped_at
+    print(f"\nleader stopped with SIGTERM; the standby led {handover:.1f} s later")
+    assert f"of {a.name} expired" not in b.log()
+    assert "Released lease" in a.log()
+
 
 def test_standby_takes_over_from_a_killed_leader(
     cluster: Cluster, kube: Kube, ns: str, replicas: tuple[Replica, Replica]
