@@ -27,6 +27,7 @@ from remote_docker_operator import names
 
 from ..support import (
     FULLNAME,
+    OPERATOR_USER,
     RELEASE_NAMESPACE,
     Kube,
     OperatorProcess,
@@ -304,3 +305,33 @@ def test_a_paused_leader_exits_when_it_resumes(
     print(f"\nthe resumed old leader exited; writes it sent first: {len(a_late)} {a_late[:5]}")
     for job in jobs:
         assert_one_of_each_child(kube, ns, job)
+
+
+def can(cluster: Cluster, verb: str, what: str, namespace: str) -> bool:
+    result = cluster.kubectl(
+        "auth", "can-i", verb, what, f"--as={OPERATOR_USER}", "-n", namespace, check=False
+    )
+    answer = str(result.stdout).strip()
+    assert answer in ("yes", "no"), (verb, what, result.stdout, result.stderr)
+    return answer == "yes"
+
+
+def test_rbac_reaches_the_one_lease_alone(cluster: Cluster, operator_kubeconfig: Path) -> None:
+    """The chart's ServiceAccount may read and renew its own Lease and create Leases in the
+    release namespace, and nothing else about Leases anywhere."""
+    lease = f"leases.coordination.k8s.io/{FULLNAME}"
+    other = "leases.coordination.k8s.io/kube-controller-manager"
+    allowed = {
+        (verb, what, namespace): can(cluster, verb, what, namespace)
+        for verb in ("get", "update", "create", "delete", "patch", "list", "watch")
+        for what in (lease, other)
+        for namespace in (RELEASE_NAMESPACE, "kube-system", "default")
+    }
+    expected = {
+        (verb, what, namespace)
+        for verb in ("get", "update", "create")
+        for what in (lease, other)
+        if what == lease or verb == "create"
+        for namespace in (RELEASE_NAMESPACE,)
+    }
+    assert {k for k, v in allowed.items() if v} == expected
