@@ -358,8 +358,19 @@ def test_deployment_shape(docs: list[Obj]) -> None:
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"memory": "512Mi"},
     }
-    for absent in ("nodeSelector", "tolerations", "affinity", "imagePullSecrets"):
+    for absent in ("nodeSelector", "tolerations", "imagePullSecrets"):
         assert absent not in pod
+    # By default the replicas prefer different nodes, so one node's loss leaves a standby.
+    preferred = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert [p["podAffinityTerm"] for p in preferred] == [
+        {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": spec["selector"]["matchLabels"]},
+        }
+    ]
+    assert set(pod["affinity"]) == {"podAntiAffinity"}
 
 
 def test_deployment_security_context(docs: list[Obj]) -> None:
@@ -514,6 +525,7 @@ def test_image_and_pod_values() -> None:
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}]
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["nodeAffinity"]
+    assert set(pod["affinity"]) == {"nodeAffinity"}  # given affinity replaces the default
     assert pod_template["metadata"]["annotations"] == {"prometheus.io/scrape": "false"}
     assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
     test_pod = container(one(docs, "Pod", hook=True)["spec"])
