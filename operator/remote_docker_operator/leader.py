@@ -18,10 +18,14 @@ Lease expired, one write wins and the other gets 409.
 A graceful stop (SIGTERM: a rolling update, a drain) releases the Lease after kopf has stopped,
 so a standby takes over within one retry period rather than a whole duration.
 
-Why not the official client's kubernetes.leaderelection (it has a LeaseLock since 32.x)? Its
-requests have no timeout, so one hung renewal keeps the leader believing it leads long after a
-standby has taken over (client-go bounds them for exactly this reason); its lock uses the
-global client, and it measures deadlines on the wall clock and never releases the Lease.
+Why not the official client's kubernetes.leaderelection (37.0.2, installed here, has a
+LeaseLock)? Its requests have no timeout, so one hung renewal keeps the leader believing it
+leads long after a standby has taken over (client-go bounds them for exactly this reason); its
+lock uses the global client, and it measures deadlines on the wall clock and never releases.
+
+What no Lease can do without fencing tokens: a leader frozen (SIGSTOP, a paused VM) while a
+write is on the wire may have that write land after a standby took over; on resuming it finds
+its deadline passed and exits.
 """
 
 import contextlib
