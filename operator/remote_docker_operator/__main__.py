@@ -7,7 +7,7 @@ import os
 
 import kopf
 
-from . import handlers, leader
+from . import handlers, leader  # importing handlers registers them
 from .config import get_settings
 from .kube import load_config
 
