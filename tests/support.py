@@ -232,7 +232,10 @@ def operator_for(
     cluster: Any, env: dict[str, str], kubeconfig: Path | None = None
 ) -> Iterator[OperatorProcess]:
     """The body of each tier's session-scoped `operator` fixture (each tier has its own
-    cluster, so each needs its own fixture: pytest keeps one value per fixture definition)."""
+    cluster, so each needs its own fixture: pytest keeps one value per fixture definition).
+    It holds the chart's Lease under one fixed identity, as a pod does under its name: restarted
+    after a kill, it takes its own Lease back at once instead of waiting for it to expire."""
+    env = {**lease_env("session-operator"), **env}
     op = OperatorProcess(kubeconfig or cluster.kubeconfig, cluster.logs / "operator.log", **env)
     op.start()
     yield op
@@ -244,12 +247,17 @@ def operator_for(
 CHART = ROOT / "charts" / "remote-docker-operator"
 RELEASE = "rdo"
 RELEASE_NAMESPACE = "rdo-system"
+# The chart's fullname: its ServiceAccount, and its Lease (which its Role names).
+FULLNAME = f"{RELEASE}-{names.APP}"
+OPERATOR_USER = f"system:serviceaccount:{RELEASE_NAMESPACE}:{FULLNAME}"
 # What the tests install of the chart: the operator's identity, rights and admission policies and
 # the aggregated roles (the operator itself runs as a process).
 CHART_TEMPLATES = (
     "serviceaccount.yaml",
     "clusterrole.yaml",
     "clusterrolebinding.yaml",
+    "role-leader-election.yaml",
+    "rolebinding-leader-election.yaml",
     "aggregate-role-edit.yaml",
     "aggregate-role-view.yaml",
     "policy-buildjob-class.yaml",
@@ -285,6 +293,12 @@ def install_chart_identity(
         for doc in yaml.safe_load_all(rendered)
         if doc and doc["kind"] == "ServiceAccount"
     )
+    return service_account_kubeconfig(cluster, sa_name, token_file)
+
+
+def service_account_kubeconfig(cluster: Any, sa_name: str, token_file: Path) -> Path:
+    """A kubeconfig with a new token of the release's ServiceAccount `sa_name`. Each token has
+    its own id, which the API server's audit log shows (user.extra, credential-id)."""
     token = cluster.kubectl(
         "create", "token", sa_name, "-n", RELEASE_NAMESPACE, "--duration=48h"
     ).stdout.strip()
@@ -295,6 +309,15 @@ def install_chart_identity(
     path = token_file.with_suffix(".kubeconfig")
     path.write_text(json.dumps(config, indent=1))
     return path
+
+
+def lease_env(identity: str) -> dict[str, str]:
+    """Settings of an operator process that holds the chart's Lease as `identity`."""
+    return {
+        "RDO_LEASE_NAME": FULLNAME,
+        "RDO_LEASE_NAMESPACE": RELEASE_NAMESPACE,
+        "RDO_LEADER_IDENTITY": identity,
+    }
 
 
 def uninstall_chart_identity(cluster: Any, helm: Path, engine_class: dict[str, Any]) -> None:

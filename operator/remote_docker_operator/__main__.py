@@ -1,12 +1,14 @@
-"""`python -m remote_docker_operator`: runs the operator (all namespaces, one replica)."""
+"""`python -m remote_docker_operator`: runs the operator (all namespaces), once this replica holds
+the leader Lease (leader.py)."""
 
 import asyncio
 import logging
 
 import kopf
 
-from . import handlers, metrics  # noqa: F401  (importing handlers registers them)
+from . import handlers, leader, metrics  # importing handlers registers them
 from .config import get_settings
+from .kube import load_config
 
 
 def main() -> None:
@@ -21,11 +23,18 @@ def main() -> None:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     # Peering (standalone or not) is decided in handlers.startup with kopf's other settings.
     # Metrics before kopf starts, and once: kopf may retry its startup handler, a port binds
-    # once.
+    # once. A standby serves them too, with no BuildJobs: it has seen none.
     metrics.serve(settings.metrics_port)
-    asyncio.run(
-        kopf.operator(clusterwide=True, liveness_endpoint=settings.liveness_endpoint or None)
-    )
+    liveness = settings.liveness_endpoint or None
+    elector = None
+    if settings.leader_election:
+        load_config(pool_size=handlers.WORKERS)
+        elector = leader.lead(settings, liveness)
+    try:
+        asyncio.run(kopf.operator(clusterwide=True, liveness_endpoint=liveness))
+    finally:
+        if elector is not None:
+            elector.release()
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ platform admin's EngineClass (models.py), so it can differ by class and change w
 restart."""
 
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, Self
 
-from pydantic import Field, JsonValue
+from pydantic import Field, JsonValue, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import names
 
 # How the Helm chart sets a field, given as `json_schema_extra`. Without either, the chart has a
 # value for it under `operator:` (camelCase) that becomes the variable.
@@ -26,6 +28,11 @@ CHART_FIXED: dict[str, JsonValue] = {"x-chart": "fixed"}
 # the chart (a Service, a port) use the same values.
 def chart_derived(template: str, values: str) -> dict[str, JsonValue]:
     return {"x-chart": "derived", "x-chart-template": template, "x-chart-values": values}
+
+
+# Read by the chart from the pod itself (the downward API's fieldRef).
+def chart_pod_field(path: str) -> dict[str, JsonValue]:
+    return {"x-chart": "pod", "x-chart-field": path}
 
 
 # Not in the chart at all (test-only switches).
@@ -96,12 +103,71 @@ class Settings(BaseSettings):
             "`metrics.enabled` and `metrics.port`",
         ),
     )
+    leader_election: bool = Field(
+        True,
+        description="Act only while holding the Lease below, so that of several replicas exactly "
+        "one acts and the others wait as standbys. Turn off only for a single replica.",
+    )
+    lease_name: str = Field(
+        names.LEASE_NAME,
+        max_length=253,
+        pattern=DNS_NAME,
+        description="Name of the Lease (the chart: the release's full name, which its Role names).",
+        json_schema_extra=chart_derived(
+            'include "remote-docker-operator.fullname" . | quote', "the release's full name"
+        ),
+    )
+    lease_namespace: str = Field(
+        "default",
+        max_length=63,
+        pattern=DNS_NAME,
+        description="Namespace of the Lease (the chart: the release namespace).",
+        json_schema_extra=chart_pod_field("metadata.namespace"),
+    )
+    leader_identity: str = Field(
+        "",
+        max_length=253,
+        description="This replica's name as the Lease's holder (the chart: the pod name, so a "
+        "restarted container takes its own Lease back at once). Empty: the host name and a "
+        "random suffix, unique to the process.",
+        json_schema_extra=chart_pod_field("metadata.name"),
+    )
+    lease_duration_seconds: int = Field(
+        8,
+        ge=2,
+        le=300,
+        description="How long a standby waits, from the last renewal it saw, before taking the "
+        "Lease over: the takeover time after the leader dies.",
+    )
+    lease_renew_deadline_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="The leader exits when it has not renewed the Lease for this long (less "
+        "than the duration: the margin covers a late renewal and clock rates).",
+    )
+    lease_retry_period_seconds: float = Field(
+        1.0, gt=0, description="How often the leader renews and a standby checks the Lease."
+    )
     failpoint: str = Field(
         "",
         description="Test-only: the reconcile step after which the operator SIGKILLs itself "
         "(failpoints.py).",
         json_schema_extra=CHART_ABSENT,
     )
+
+    @model_validator(mode="after")
+    def _lease_timing(self) -> Self:
+        # The leader must give up before a standby may take over, and retry before giving up.
+        if not (
+            self.lease_duration_seconds
+            > self.lease_renew_deadline_seconds
+            > self.lease_retry_period_seconds
+        ):
+            raise ValueError(
+                "need lease_duration_seconds > lease_renew_deadline_seconds"
+                " > lease_retry_period_seconds"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -24,6 +24,11 @@ FINALIZER = f"{GROUP}/cleanup"
 
 APP = "remote-docker-operator"
 
+# The coordination.k8s.io Lease whose holder is the one replica that acts (leader.py); the chart
+# names it after the release.
+LEASE_NAME = APP
+LEASE_API_VERSION = "coordination.k8s.io/v1"
+
 # Labels on every child object; the per-job namespace is cluster-scoped, so these labels (not an
 # ownerReference) are what links it back to its BuildJob.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"

@@ -39,7 +39,7 @@ GENERATED = "generated from config.py's Settings by `make generate`; do not edit
 # The generated block of values.yaml and of the README lies between the lines holding these.
 BEGIN, END = "BEGIN operator settings", "END operator settings"
 
-ChartUse = Literal["value", "fixed", "derived", "absent"]
+ChartUse = Literal["value", "fixed", "derived", "pod", "absent"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,8 @@ class Setting:
     # chart "derived": the Go template pipeline that gives the value, and the values it reads.
     template: str = ""
     values: str = ""
+    # chart "pod": the pod's own field (downward API) that gives the value.
+    field_path: str = ""
 
     @property
     def type(self) -> str:
@@ -96,7 +98,7 @@ def settings(model: type[BaseSettings] = Settings) -> list[Setting]:
             raise ValueError(f"{model.__name__}.{name}: every setting needs a description")
         node = schema["properties"][name]
         chart = node.get("x-chart", "value")
-        if chart not in ("value", "fixed", "derived", "absent"):
+        if chart not in ("value", "fixed", "derived", "pod", "absent"):
             raise ValueError(f"{model.__name__}.{name}: unknown x-chart {chart!r}")
         out.append(
             Setting(
@@ -108,6 +110,7 @@ def settings(model: type[BaseSettings] = Settings) -> list[Setting]:
                 schema=_field_schema(node, name),
                 template=str(node.get("x-chart-template", "")),
                 values=str(node.get("x-chart-values", "")),
+                field_path=str(node.get("x-chart-field", "")),
             )
         )
     return out
@@ -226,6 +229,14 @@ def env_helper(model: type[BaseSettings] = Settings) -> str:
         if s.chart == "derived":
             lines += [f"- name: {s.env}", f"  value: {{{{ {s.template} }}}}"]
             continue
+        if s.chart == "pod":
+            lines += [
+                f"- name: {s.env}",
+                "  valueFrom:",
+                "    fieldRef:",
+                f"      fieldPath: {s.field_path}",
+            ]
+            continue
         value = f".Values.{VALUES_KEY}.{s.key}"
         entry = [f"- name: {s.env}", f"  value: {{{{ {value} | {_PIPE[s.type]} }}}}"]
         if s.nullable:  # null means unset: the operator's own default
@@ -286,6 +297,8 @@ def readme_table(model: type[BaseSettings] = Settings) -> str:
         value = chart.get(s.chart, f"`{VALUES_KEY}.{s.key}`")
         if s.chart == "derived":
             value = f"from {s.values}"
+        if s.chart == "pod":
+            value = f"the pod's `{s.field_path}`"
         allowed = _allowed(s)
         allowed = f"`{_cell(allowed)}`" if allowed.startswith("matches") else _cell(allowed)
         lines.append(

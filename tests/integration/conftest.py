@@ -13,6 +13,7 @@ from kubernetes.config import new_client_from_config
 
 from ..support import (
     ARTIFACTS,
+    OPERATOR_USER,
     ROOT,
     Kube,
     OperatorProcess,
@@ -61,7 +62,9 @@ def cluster() -> Iterator[Cluster]:
         pytest.fail(f"missing {missing} in {BIN}: run `make bins` (cluster/build-bins.sh)")
     workdir = ARTIFACTS / "integration"
     shutil.rmtree(workdir, ignore_errors=True)
-    c = Cluster(workdir, Ports.free(), tier="kwok")
+    # The audit log records every request of the operator's ServiceAccount (test_leader.py
+    # tells the replicas apart by their tokens).
+    c = Cluster(workdir, Ports.free(), tier="kwok", audit_users=(OPERATOR_USER,))
     try:
         c.up()
         c.install_crds(ROOT / "crds")

@@ -238,6 +238,10 @@ def test_schema_and_values_cover_each_other() -> None:
     compare(values, schema, "")
 
 
+# Settings the chart derives from the release and the pod, not from values.
+PER_RELEASE_SETTINGS = {"lease_name", "lease_namespace", "leader_identity"}
+
+
 def test_schema_bounds_match_config() -> None:
     """Minimums and maximums of the operator's settings are the ones config.py enforces."""
     props = load_schema()["properties"]["operator"]["properties"]
@@ -283,6 +287,9 @@ def test_one_resource_per_template() -> None:
             "templates/clusterrolebinding.yaml",
             "templates/deployment.yaml",
             "templates/metrics-service.yaml",
+            "templates/poddisruptionbudget.yaml",
+            "templates/role-leader-election.yaml",
+            "templates/rolebinding-leader-election.yaml",
             "templates/engineclass.yaml",
             "templates/aggregate-role-edit.yaml",
             "templates/aggregate-role-view.yaml",
@@ -309,7 +316,7 @@ def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
         "app.kubernetes.io/managed-by": "Helm",
         "helm.sh/chart": "remote-docker-operator-0.1.0",
     }
-    assert len(docs) == 18
+    assert len(docs) == 21
     for doc in docs:
         labels = doc["metadata"].get("labels") or {}
         assert expected.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}"
@@ -352,8 +359,12 @@ def test_deployment_shape(docs: list[Obj]) -> None:
     deployment = one(docs, "Deployment")
     spec = deployment["spec"]
     assert deployment["metadata"]["name"] == FULLNAME
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    assert spec["replicas"] == 2
+    # A new pod joins as a standby before an old one goes.
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     template = spec["template"]
     assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
     pod = template["spec"]
@@ -369,8 +380,19 @@ def test_deployment_shape(docs: list[Obj]) -> None:
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"memory": "512Mi"},
     }
-    for absent in ("nodeSelector", "tolerations", "affinity", "imagePullSecrets"):
+    for absent in ("nodeSelector", "tolerations", "imagePullSecrets"):
         assert absent not in pod
+    # By default the replicas prefer different nodes, so one node's loss leaves a standby.
+    preferred = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert [p["podAffinityTerm"] for p in preferred] == [
+        {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": spec["selector"]["matchLabels"]},
+        }
+    ]
+    assert set(pod["affinity"]) == {"podAntiAffinity"}
 
 
 def test_deployment_security_context(docs: list[Obj]) -> None:
@@ -417,9 +439,21 @@ def test_env_defaults_are_the_operators_defaults(
     # run by hand binds no port unasked (test_metrics_values).
     assert env.pop("RDO_METRICS_PORT") == "8000"
     assert Settings().metrics_port == 0
+    c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    fields = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in c["env"]
+        if "valueFrom" in e and e["name"].startswith("RDO_")
+    }
     settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields}
     # RDO_FAILPOINT: test-only, not in the chart.
-    assert set(env) | {"RDO_METRICS_PORT"} == settings_vars - {"RDO_FAILPOINT"}
+    assert set(env) | set(fields) | {"RDO_METRICS_PORT"} == settings_vars - {"RDO_FAILPOINT"}
+    # The Lease: named after the release, in its namespace, held under the pod's name.
+    assert fields == {
+        "RDO_LEASE_NAMESPACE": "metadata.namespace",
+        "RDO_LEADER_IDENTITY": "metadata.name",
+    }
+    assert env.pop("RDO_LEASE_NAME") == FULLNAME
     defaults = Settings()
     for key, value in env.items():
         clean_env.setenv(key, value)
@@ -445,6 +479,22 @@ def test_env_defaults_are_the_operators_defaults(
         (["--set", "operator.logLevel=DEBUG"], "RDO_LOG_LEVEL", "DEBUG"),
         (["--set", "operator.logFormat=json"], "RDO_LOG_FORMAT", "json"),
         (["--set", "operator.logFormat=plain"], "RDO_LOG_FORMAT", "plain"),
+        (["--set", "operator.leaseDurationSeconds=30"], "RDO_LEASE_DURATION_SECONDS", "30"),
+        (
+            ["--set-json", "operator.leaseRenewDeadlineSeconds=2.5"],
+            "RDO_LEASE_RENEW_DEADLINE_SECONDS",
+            "2.5",
+        ),
+        (
+            ["--set-json", "operator.leaseRetryPeriodSeconds=0.5"],
+            "RDO_LEASE_RETRY_PERIOD_SECONDS",
+            "0.5",
+        ),
+        (
+            ["--set", "replicaCount=1", "--set", "operator.leaderElection=false"],
+            "RDO_LEADER_ELECTION",
+            "false",
+        ),
     ],
 )
 def test_values_set_the_env(args: list[str], var: str, expected: str) -> None:
@@ -572,6 +622,7 @@ def test_image_and_pod_values() -> None:
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["tolerations"] == [{"key": "ci", "operator": "Exists", "effect": "NoSchedule"}]
     assert "requiredDuringSchedulingIgnoredDuringExecution" in pod["affinity"]["nodeAffinity"]
+    assert set(pod["affinity"]) == {"nodeAffinity"}  # given affinity replaces the default
     assert pod_template["metadata"]["annotations"] == {"prometheus.io/scrape": "false"}
     assert c["resources"]["limits"] == {"cpu": 1, "memory": "512Mi"}
     test_pod = container(one(docs, "Pod", hook=True)["spec"])
@@ -648,6 +699,71 @@ def test_cluster_role_binding(docs: list[Obj]) -> None:
     ]
 
 
+# -- leader election ----------------------------------------------------------------------------
+
+
+def test_leader_election_role_is_the_lease_alone(docs: list[Obj]) -> None:
+    """get/update of the one Lease the operator uses, create (RBAC cannot name what a create
+    makes), in the release namespace only; nothing cluster-wide grants leases."""
+    role = one(docs, "Role")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": [operator_env(docs)["RDO_LEASE_NAME"]],
+            "verbs": ["get", "update"],
+        },
+    ]
+    binding = one(docs, "RoleBinding")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}
+    ]
+    for cluster_role in find(docs, "ClusterRole"):
+        for rule in cluster_role["rules"]:
+            assert "leases" not in rule["resources"], cluster_role["metadata"]["name"]
+
+
+def test_pod_disruption_budget(docs: list[Obj]) -> None:
+    pdb = one(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert find(render("--set", "podDisruptionBudget.enabled=false"), "PodDisruptionBudget") == []
+    pdb = one(render("--set", "podDisruptionBudget.maxUnavailable=2"), "PodDisruptionBudget")
+    assert pdb["spec"]["maxUnavailable"] == 2
+
+
+def test_a_single_replica_may_run_without_election() -> None:
+    docs = render("--set", "replicaCount=1", "--set", "operator.leaderElection=false")
+    spec = one(docs, "Deployment")["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}  # the old pod goes before the new one acts
+    assert find(docs, "Role", hook=False) == []
+    assert find(docs, "RoleBinding", hook=False) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "operator.leaderElection=false"], "replicaCount > 1 needs"),
+        (["--set", "operator.leaseRenewDeadlineSeconds=8"], "leaseDurationSeconds must be"),
+        (["--set", "operator.leaseRetryPeriodSeconds=5"], "leaseRenewDeadlineSeconds must be"),
+    ],
+)
+def test_unsafe_election_values_are_refused(args: list[str], message: str) -> None:
+    result = template(*args)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
 # -- schema: what helm refuses ------------------------------------------------------------------
 
 
@@ -700,6 +816,12 @@ def test_unknown_keys_are_refused(assignment: str) -> None:
         ["--set", "metrics.port=65536"],
         ["--set", "metrics.serviceMonitor.interval=soon"],
         ["--set", "metrics.enabled=yes"],
+        ["--set", "replicaCount=0"],
+        ["--set", "podDisruptionBudget.maxUnavailable=0"],
+        ["--set", "operator.leaderElection=maybe"],
+        ["--set", "operator.leaseDurationSeconds=1"],
+        ["--set", "operator.leaseDurationSeconds=301"],
+        ["--set", "operator.leaseRetryPeriodSeconds=0"],
     ],
 )
 def test_invalid_values_are_refused(args: list[str]) -> None:
@@ -835,7 +957,7 @@ def test_test_values() -> None:
 
     docs = render("--set", "test.enabled=false")
     assert [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})] == []
-    assert len(docs) == 14
+    assert len(docs) == 17
 
 
 @pytest.mark.parametrize("engine_image", ["", "registry.example/docker:27-dind"])

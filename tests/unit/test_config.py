@@ -77,3 +77,25 @@ def test_only_config_reads_the_environment() -> None:
         if re.search(r"\bos\.environ\b|\bgetenv\(", path.read_text())
     }
     assert readers == set()
+
+
+@pytest.mark.parametrize(
+    ("duration", "deadline", "retry"),
+    [("5", "5", "1"), ("8", "9", "1"), ("8", "5", "5")],
+)
+def test_lease_timing_must_let_the_leader_give_up_first(
+    monkeypatch: pytest.MonkeyPatch, duration: str, deadline: str, retry: str
+) -> None:
+    monkeypatch.setenv("RDO_LEASE_DURATION_SECONDS", duration)
+    monkeypatch.setenv("RDO_LEASE_RENEW_DEADLINE_SECONDS", deadline)
+    monkeypatch.setenv("RDO_LEASE_RETRY_PERIOD_SECONDS", retry)
+    with pytest.raises(ValidationError, match="lease_duration_seconds > "):
+        Settings()
+
+
+def test_lease_defaults_take_over_well_within_15_seconds() -> None:
+    """Worst case after the leader dies: a standby sees its last renewal up to one retry period
+    late, waits the duration, and notices expiry up to one retry period late."""
+    s = Settings()
+    assert s.lease_duration_seconds + 2 * s.lease_retry_period_seconds <= 10
+    assert s.lease_duration_seconds > s.lease_renew_deadline_seconds

@@ -67,11 +67,11 @@ def test_nullable_field_is_skipped_when_null() -> None:
 def test_markers_are_required() -> None:
     with pytest.raises(ValueError, match="markers"):
         settings_chart.values_yaml("operator:\n  maxRunning: 0\n")
-    text = "a\n# BEGIN operator settings\nold\n# END operator settings\nb\n"
+    text = "a\n# BEGIN operator settings\nstale-line\n# END operator settings\nb\n"
     spliced = settings_chart.values_yaml(text)
     assert spliced.startswith("a\n# BEGIN operator settings: generated")
     assert spliced.endswith("# END operator settings\nb\n")
-    assert "old" not in spliced
+    assert "stale-line" not in spliced
     assert settings_chart.values_yaml(spliced) == spliced  # regenerating changes nothing
 
 

@@ -23,4 +23,22 @@ generated from config.py's Settings by `make generate`; do not edit.
   value: "http://0.0.0.0:8080/healthz"
 - name: RDO_METRICS_PORT
   value: {{ ternary .Values.metrics.port 0 .Values.metrics.enabled | int64 | toString | quote }}
+- name: RDO_LEADER_ELECTION
+  value: {{ .Values.operator.leaderElection | toString | quote }}
+- name: RDO_LEASE_NAME
+  value: {{ include "remote-docker-operator.fullname" . | quote }}
+- name: RDO_LEASE_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: RDO_LEADER_IDENTITY
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: RDO_LEASE_DURATION_SECONDS
+  value: {{ .Values.operator.leaseDurationSeconds | int64 | toString | quote }}
+- name: RDO_LEASE_RENEW_DEADLINE_SECONDS
+  value: {{ .Values.operator.leaseRenewDeadlineSeconds | toString | quote }}
+- name: RDO_LEASE_RETRY_PERIOD_SECONDS
+  value: {{ .Values.operator.leaseRetryPeriodSeconds | toString | quote }}
 {{- end }}
