@@ -977,9 +977,17 @@ def _admission_property(kube: Kube, mutation: str) -> Callable[[], None]:
     return cast(Callable[[], None], check)
 
 
-def test_admission(kube: Kube) -> None:
+def test_admission(kube: Kube, operator_kubeconfig: Path) -> None:
     """Admission alone, at volume: every mutation, and the unmutated generator, each against
-    several generated specs. Refusals name the field; what is admitted, the operator parses."""
+    several generated specs. Refusals name the field; what is admitted, the operator parses.
+    What a class does not allow is refused by the chart's admission policy, which
+    operator_kubeconfig installs (without it, this test passed only after another had)."""
+    not_allowed = {"job": OK_JOB, "engine": {"image": "ghcr.io/evil/root:1"}}
+    wait_for(
+        lambda: _dry_run(kube, not_allowed)[1] is not None,
+        timeout=30,
+        what="the chart's admission policy in force",
+    )
     for mutation in ["none", *MUTATIONS]:
         _admission_property(kube, mutation)()
 
