@@ -1,22 +1,23 @@
 """The operator under API-server back-pressure: 429 with Retry-After, and 409 on create.
 
 A reverse proxy between the operator and the real kube-apiserver answers the first attempt of
-every write the reconciler makes with 429 (as the API server's priority and fairness would),
-and forwards everything else, watch streams included. The session operator is stopped meanwhile,
-so the proxied operator alone converges the BuildJob, and every one of its writes goes through
-the 429 path exactly once.
+every write the operator makes with 429 (as the API server's priority and fairness would): the
+reconciler's creates, replaces, status patches and deletes, and kopf's own patches (finalizer,
+annotations) and Events. It forwards everything else, watch streams included, and records every
+answer. The session operator is stopped meanwhile, so the proxied operator alone converges the
+BuildJob, and every one of its writes goes through the 429 path exactly once.
 """
 
 import asyncio
+import datetime
 import hashlib
 import json
-import re
 import ssl
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -25,24 +26,39 @@ from kubernetes.client import NetworkingV1Api
 from localcluster import Cluster
 from yarl import URL
 
-from remote_docker_operator import builders, names
+from remote_docker_operator import builders, certs, names
 
 from ..support import Kube, OperatorProcess, make_target, wait_for
 from .conftest import ENGINE_CLASS, OPERATOR_ENV
 
 pytestmark = pytest.mark.integration
 
-# The reconciler's writes: creates of every child kind, and BuildJob status patches.
-THROTTLED = {
-    "POST": re.compile(
-        r"^/api/v1/namespaces$"
-        r"|^/api/v1/namespaces/[^/]+/(pods|secrets|services|resourcequotas|limitranges)$"
-        r"|^/apis/networking\.k8s\.io/v1/namespaces/[^/]+/networkpolicies$"
-    ),
-    "PATCH": re.compile(
-        rf"^/apis/{names.API_VERSION}/namespaces/[^/]+/{names.PLURAL}/[^/]+/status$"
-    ),
-}
+# Every write, on any path, by anyone in the operator's process.
+WRITES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+class Write(NamedTuple):
+    """One write, however often it is attempted. A create is one write per object, whatever its
+    body (the TLS secrets get new keys each time a reconcile starts over), keyed by the new
+    object's path; any other write (and a create whose name the server generates, as kopf's
+    Events) is one write per content."""
+
+    agent: str  # "kopf" (kopf's own client says User-Agent kopf/...) or "operator"
+    method: str
+    path: str
+    digest: str = ""
+
+    @property
+    def kind(self) -> str:
+        """What kind of write: method, who, and the resource (with its subresource)."""
+        parts = self.path.strip("/").split("/")
+        rest = parts[2:] if parts[0] == "api" else parts[3:]
+        if rest[0] == "namespaces" and len(rest) > 2:
+            rest = rest[2:]  # namespaced: drop namespaces/<name>
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        return f"{self.agent} {self.method} {resource}"
+
+
 # Per connection or re-framed by the proxy (it streams every response chunked).
 HOP_BY_HOP = {
     "connection",
@@ -86,13 +102,8 @@ class ThrottlingProxy:
         self.ssl.load_cert_chain(user["client-certificate"], user["client-key"])
         self.port = 0
         self.lock = threading.Lock()
-        self.throttled: Counter[tuple[str, str]] = Counter()
-        # Upstream status codes of the forwarded throttled-kind writes, in order.
-        self.forwarded: defaultdict[tuple[str, str], list[int]] = defaultdict(list)
-        # (method, object path, body digest) of each write already throttled once. A status
-        # patch with new content is a new write; a create is one write per object, whatever its
-        # body (the TLS secrets get new keys each time a reconcile starts over).
-        self._seen: set[tuple[str, str, str]] = set()
+        # Every answer to every write, in order: 429 from the proxy, else the API server's.
+        self.answers: defaultdict[Write, list[int]] = defaultdict(list)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="throttling-proxy", daemon=True
@@ -131,32 +142,31 @@ class ThrottlingProxy:
         await self._session.close()  # ends any watch still streaming
         await self._runner.cleanup()
 
-    def _key(self, request: web.Request, body: bytes) -> tuple[str, str] | None:
-        """The write's key when it is one of the reconciler's (kopf's own calls say
-        User-Agent kopf/...), else None."""
-        pattern = THROTTLED.get(request.method)
-        if pattern is None or not pattern.match(request.path):
+    def _write(self, request: web.Request, body: bytes) -> Write | None:
+        """The write this request attempts, or None when it reads."""
+        if request.method not in WRITES:
             return None
-        if request.headers.get("User-Agent", "").startswith("kopf/"):
-            return None
+        agent = "kopf" if request.headers.get("User-Agent", "").startswith("kopf/") else "operator"
         if request.method == "POST":
-            name = json.loads(body)["metadata"]["name"]
-            return request.method, f"{request.path}/{name}"
-        return request.method, request.path
+            name = (json.loads(body).get("metadata") or {}).get("name")
+            if name:
+                return Write(agent, "POST", f"{request.path}/{name}")
+        return Write(agent, request.method, request.path, hashlib.sha256(body).hexdigest())
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        key = self._key(request, body)
-        if key is not None:
-            digest = hashlib.sha256(body).hexdigest() if request.method == "PATCH" else ""
-            attempt = (*key, digest)
+        write = self._write(request, body)
+        if write is not None:
             with self.lock:
-                first = attempt not in self._seen
-                self._seen.add(attempt)
+                first = not self.answers[write]
                 if first:
-                    self.throttled[key] += 1
+                    self.answers[write].append(429)
             if first:
-                return web.json_response(status_429(*key), status=429, headers={"Retry-After": "1"})
+                return web.json_response(
+                    status_429(request.method, request.path),
+                    status=429,
+                    headers={"Retry-After": "1"},
+                )
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
         try:
             upstream = await self._session.request(
@@ -169,9 +179,9 @@ class ThrottlingProxy:
         except ClientError as e:
             return web.Response(status=502, text=f"proxy: {e}")
         async with upstream:
-            if key is not None:
+            if write is not None:
                 with self.lock:
-                    self.forwarded[key].append(upstream.status)
+                    self.answers[write].append(upstream.status)
             response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             for name, value in upstream.headers.items():
                 if name.lower() not in HOP_BY_HOP:
@@ -182,6 +192,19 @@ class ThrottlingProxy:
                 await response.write(chunk)
             await response.write_eof()
             return response
+
+    def record(self) -> dict[Write, list[int]]:
+        with self.lock:
+            return {w: list(a) for w, a in self.answers.items()}
+
+    def settled(self) -> dict[Write, list[int]]:
+        """The record once no write waits for its retry (kopf posts Events in the background)."""
+        wait_for(
+            lambda: all(a[-1] != 429 for a in self.record().values()),
+            timeout=30,
+            what="every throttled write retried",
+        )
+        return self.record()
 
     def write_kubeconfig(self, path: Path) -> Path:
         path.write_text(
@@ -286,6 +309,31 @@ def apis(kube: Kube) -> tuple[Any, Any]:
     return kube.core, NetworkingV1Api(kube.client)
 
 
+# The kinds of write one BuildJob's life makes, from its creation to its deletion.
+LIFE_WRITES = {
+    "kopf PATCH buildjobs",  # the finalizer on, kopf's annotations, the finalizer off
+    "kopf POST events",  # each phase change
+    "operator POST namespaces",
+    "operator POST networkpolicies",
+    "operator POST secrets",
+    "operator POST services",
+    "operator POST pods",
+    "operator POST resourcequotas",
+    "operator PATCH buildjobs/status",
+    "operator DELETE pods",  # the engine, once the job has ended
+    "operator DELETE namespaces",  # the job namespace, once the BuildJob is deleted
+}
+
+
+def unthrottled(record: dict[Write, list[int]], success: set[int]) -> list[str]:
+    """Every write whose answers were not: 429 once, then one of `success`."""
+    return [
+        f"{w.method} {w.path} ({w.agent}): {a}"
+        for w, a in record.items()
+        if len(a) != 2 or a[0] != 429 or a[1] not in success
+    ]
+
+
 def test_throttled_writes_are_retried_once_each(
     kube: Kube, ns: str, proxy: ThrottlingProxy, proxied_operator: OperatorProcess
 ) -> None:
@@ -296,20 +344,6 @@ def test_throttled_writes_are_retried_once_each(
     assert done["exitCode"] == 0
     job_ns = done["namespace"]
     paths = child_paths(job_ns)
-
-    with proxy.lock:
-        throttled = dict(proxy.throttled)
-        forwarded = {k: list(v) for k, v in proxy.forwarded.items()}
-    # Every child's create met a 429 first, then went through once and created it (201):
-    # nothing was created twice, nothing given up on.
-    for what, path in paths.items():
-        assert throttled.get(("POST", path)) == 1, f"{what} create was not throttled"
-        assert forwarded.get(("POST", path)) == [201], f"{what}: {forwarded.get(('POST', path))}"
-    assert {k for k in throttled if k[0] == "POST"} == {("POST", p) for p in paths.values()}
-    # Provisioning, Running, Succeeded: each a distinct status patch, each throttled once.
-    status_key = ("PATCH", status_path(ns, "tp"))
-    assert throttled.get(status_key, 0) >= 3
-    assert forwarded[status_key].count(200) == throttled[status_key]
 
     # What exists is one of each child, all tied to this BuildJob.
     uid = kube.get_buildjob(ns, "tp")["metadata"]["uid"]  # type: ignore[index]
@@ -326,12 +360,34 @@ def test_throttled_writes_are_retried_once_each(
     wait_for(lambda: kube.pod(job_ns, names.ENGINE_POD) is None, what="engine pod deleted")
     pods = core.list_namespaced_pod(job_ns).items
     assert [p.metadata.name for p in pods] == [names.JOB_POD]
+    # Deleted: the operator deletes the job namespace, kopf takes its finalizer off.
+    kube.delete_buildjob(ns, "tp")
+    wait_for(lambda: kube.get_buildjob(ns, "tp") is None, timeout=60, what="BuildJob gone")
 
-    # kube.py's retries did it (not a later resync re-running a failed reconcile).
+    # Every write of every kind met a 429 first, then went through once (nothing given up
+    # on); every child was created once (201).
+    record = proxy.settled()
+    assert unthrottled(record, {200, 201, 202}) == []
+    kinds = {w.kind for w in record}
+    assert not LIFE_WRITES - kinds, f"not seen: {LIFE_WRITES - kinds}"
+    for what, path in paths.items():
+        assert record.get(Write("operator", "POST", path)) == [429, 201], what
+    creates = {w.path for w in record if w.method == "POST" and w.kind != "kopf POST events"}
+    assert creates == set(paths.values())
+    # Provisioning, Running, Succeeded: each a distinct status patch; the finalizer on and off.
+    status = [w for w in record if w.kind == "operator PATCH buildjobs/status"]
+    assert len(status) >= 3, status
+    assert len([w for w in record if w.kind == "kopf PATCH buildjobs"]) >= 2
+    print("throttled once, then done:", sorted(Counter(w.kind for w in record).items()))
+
+    # kube.py's retries did it (not a later resync re-running a failed reconcile), and kopf's.
+    # (DELETE and PUT never reach kube.py's loop: the kubernetes client's urllib3 retries
+    # idempotent methods on 429 after Retry-After itself; the record above shows they were.)
     log = log_since(proxied_operator, offset)
     assert "API server throttled POST /api/v1/namespaces;" in log
     assert f"API server throttled POST /api/v1/namespaces/{job_ns}/pods;" in log
-    assert f"API server throttled PATCH {status_key[1]};" in log
+    assert f"API server throttled PATCH {status_path(ns, 'tp')};" in log
+    assert "APITooManyRequestsError" in log  # kopf logs each of its own retries
     assert "Traceback" not in log, "a 429 surfaced as an error"
 
 
@@ -355,6 +411,9 @@ def test_existing_children_are_adopted_after_throttling(
         if p["metadata"]["name"] == names.POLICY_DEFAULT_DENY
     )
     deny = networking.create_namespaced_network_policy(job_ns, policy)
+    # Half a TLS pair (a crash between its two writes): reissued, so replaced (PUT).
+    bundle = certs.issue(builders.engine_dns_names(target), [], datetime.timedelta(hours=1), None)
+    half = core.create_namespaced_secret(job_ns, builders.build_engine_tls_secret(target, bundle))
 
     proxied_operator.start()
     done = kube.wait_phase(ns, "adopt", "Succeeded", timeout=120)
@@ -372,13 +431,19 @@ def test_existing_children_are_adopted_after_throttling(
     assert sorted(policies) == ["default-deny", "engine", "job"]
     assert policies[names.POLICY_DEFAULT_DENY] == deny.metadata.uid
 
-    # Each create was throttled, then answered 409 and adopted; the rest were created.
+    tls = core.read_namespaced_secret(names.ENGINE_TLS_SECRET, job_ns)
+    assert tls.metadata.uid == half.metadata.uid
+    assert tls.data["ca.pem"] != half.data["ca.pem"], "the half pair was not reissued"
+
+    # Each create was throttled, then answered 409 and adopted; the rest were created; the
+    # half pair's secret replaced. Every other write, too, was throttled once, then done.
     paths = child_paths(job_ns)
-    with proxy.lock:
-        throttled = dict(proxy.throttled)
-        forwarded = {k: list(v) for k, v in proxy.forwarded.items()}
+    record = proxy.settled()
+    adopted = ("namespace", "service", "policy default-deny", "secret engine-tls")
     for what, path in paths.items():
-        expected = [409] if what in ("namespace", "service", "policy default-deny") else [201]
-        assert throttled.get(("POST", path)) == 1, f"{what} create was not throttled"
-        assert forwarded.get(("POST", path)) == expected, f"{what}: {forwarded.get(('POST', path))}"
+        expected = [429, 409] if what in adopted else [429, 201]
+        assert record.get(Write("operator", "POST", path)) == expected, what
+    replaced = [a for w, a in record.items() if w.kind == "operator PUT secrets"]
+    assert replaced == [[429, 200]], replaced
+    assert unthrottled(record, {200, 201, 202, 409}) == []
     assert "Traceback" not in log_since(proxied_operator, offset), "a 409 surfaced as an error"

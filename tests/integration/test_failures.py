@@ -1,0 +1,157 @@
+"""Pods that cannot start, as a kubelet reports them (kwok's pod-start stage in
+cluster/kwok-stages.yaml plays that kubelet): each BuildJob ends Failed with the reason and the
+kubelet's own words, instead of waiting for its deadline.
+
+The triggers are what a user could write: an image tag `does-not-exist` cannot be pulled, an
+engine image tagged `never-answers` runs but never answers its job pod's wait-for-engine, and an
+env or envFrom reference to a Secret or ConfigMap that is not in the job namespace cannot be
+resolved. A reference to one the job namespace does hold, or an optional one, is the positive
+control: the same stage lets that job run.
+"""
+
+from typing import Any
+
+import pytest
+
+from remote_docker_operator import names
+
+from ..support import Kube, OperatorProcess, wait_for
+
+pytestmark = pytest.mark.integration
+
+# Seconds: a failure the operator handles ends the BuildJob within a resync or two; one it does
+# not leaves it Provisioning or Running until this runs out.
+SETTLE = 30
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    return {"image": "local/job:1", "env": [{"name": "KWOK_EXIT_CODE", "value": "0"}], **fields}
+
+
+def finish(kube: Kube, ns: str, name: str) -> dict[str, Any]:
+    """The BuildJob's status once it has finished, either way."""
+    return kube.wait_phase(ns, name, "Succeeded", "Failed", timeout=SETTLE)
+
+
+def assert_cut_short(kube: Kube, ns: str, name: str, job_ns: str, reason: str) -> None:
+    """What every failure to start leaves: a Warning Event, and neither pod running on."""
+    kube.wait_event(ns, name, "Warning", reason)
+    wait_for(
+        lambda: (
+            kube.pod(job_ns, names.ENGINE_POD) is None and kube.pod(job_ns, names.JOB_POD) is None
+        ),
+        timeout=SETTLE,
+        what=f"both pods of {ns}/{name} deleted",
+    )
+
+
+def test_job_image_cannot_be_pulled(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    kube.create_buildjob(ns, "pull", {"job": job(image="local/job:does-not-exist")})
+    status = finish(kube, ns, "pull")
+    assert (status["phase"], status["reason"]) == ("Failed", "ImagePullFailed"), status
+    assert status["message"].startswith("the job container cannot start: ErrImagePull: "), status
+    assert '"local/job:does-not-exist": not found' in status["message"], status
+    assert "exitCode" not in status, status
+    assert_cut_short(kube, ns, "pull", status["namespace"], "ImagePullFailed")
+
+
+def test_engine_image_cannot_be_pulled(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    spec = {"job": job(), "engine": {"image": "local/dind:does-not-exist"}}
+    kube.create_buildjob(ns, "engine-pull", spec)
+    status = finish(kube, ns, "engine-pull")
+    assert (status["phase"], status["reason"]) == ("Failed", "EngineFailed"), status
+    assert status["message"].startswith("the engine cannot start: ErrImagePull: "), status
+    assert '"local/dind:does-not-exist": not found' in status["message"], status
+    assert_cut_short(kube, ns, "engine-pull", status["namespace"], "EngineFailed")
+
+
+def test_engine_never_answers(kube: Kube, operator: OperatorProcess, ns: str) -> None:
+    """The engine pod runs but is never Ready; the job pod's wait-for-engine gives up."""
+    spec = {"job": job(), "engine": {"image": "local/dind:never-answers"}}
+    kube.create_buildjob(ns, "silent", spec)
+    status = finish(kube, ns, "silent")
+    assert (status["phase"], status["reason"]) == ("Failed", "EngineFailed"), status
+    assert status["message"] == (
+        "the job pod could not reach its engine: exit code 1 (Error): "
+        "engine unreachable over mutual TLS (kwok: its image never answers)"
+    ), status
+    assert status["engine"]["ready"] is False, status
+    assert_cut_short(kube, ns, "silent", status["namespace"], "EngineFailed")
+
+
+# (id, spec.job fields, the kubelet's message). The user's namespace holds each of these
+# objects: what the job pod sees is its own namespace, which does not.
+MISSING_REFS: list[tuple[str, dict[str, Any], str]] = [
+    (
+        "env-secret",
+        {"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app", "key": "k"}}}]},
+        'secret "app" not found',
+    ),
+    (
+        "env-configmap",
+        {"env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "k"}}}]},
+        'configmap "app" not found',
+    ),
+    ("envFrom-secret", {"envFrom": [{"secretRef": {"name": "app"}}]}, 'secret "app" not found'),
+    (
+        "envFrom-configmap",
+        {"envFrom": [{"configMapRef": {"name": "app"}}]},
+        'configmap "app" not found',
+    ),
+]
+
+
+def make_user_objects(kube: Kube, ns: str) -> None:
+    kube.core.create_namespaced_secret(ns, {"metadata": {"name": "app"}, "stringData": {"k": "v"}})
+    kube.core.create_namespaced_config_map(ns, {"metadata": {"name": "app"}, "data": {"k": "v"}})
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"), [r[1:] for r in MISSING_REFS], ids=[r[0] for r in MISSING_REFS]
+)
+def test_job_refers_to_what_its_namespace_lacks(
+    kube: Kube, operator: OperatorProcess, ns: str, fields: dict[str, Any], message: str
+) -> None:
+    make_user_objects(kube, ns)
+    env = [*fields.get("env", []), {"name": "KWOK_EXIT_CODE", "value": "0"}]
+    kube.create_buildjob(ns, "config", {"job": job(**{**fields, "env": env})})
+    status = finish(kube, ns, "config")
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec"), status
+    assert status["message"] == (
+        f"the job container cannot start: CreateContainerConfigError: {message}"
+    ), status
+    assert_cut_short(kube, ns, "config", status["namespace"], "InvalidSpec")
+
+
+def test_job_refers_to_what_its_namespace_holds(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """Positive control: references the job namespace resolves (the operator's client Secret,
+    the ConfigMap every namespace gets) or that are optional run, through the same stage."""
+    make_user_objects(kube, ns)
+    env = [
+        {
+            "name": "HOST",
+            "valueFrom": {"secretKeyRef": {"name": names.CLIENT_SECRET, "key": "DOCKER_HOST"}},
+        },
+        {
+            "name": "CA",
+            "valueFrom": {"configMapKeyRef": {"name": "kube-root-ca.crt", "key": "ca.crt"}},
+        },
+        {
+            "name": "OPT",
+            "valueFrom": {"secretKeyRef": {"name": "app", "key": "k", "optional": True}},
+        },
+        {"name": "KWOK_EXIT_CODE", "value": "0"},
+    ]
+    env_from = [
+        {"configMapRef": {"name": "kube-root-ca.crt"}},
+        {"secretRef": {"name": "app", "optional": True}},
+    ]
+    kube.create_buildjob(ns, "resolves", {"job": job(env=env, envFrom=env_from)})
+    status = finish(kube, ns, "resolves")
+    assert (status["phase"], status["reason"], status.get("exitCode")) == (
+        "Succeeded",
+        "Succeeded",
+        0,
+    ), status
