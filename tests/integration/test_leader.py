@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 from kubernetes.client import CoordinationV1Api, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
-from localcluster import Cluster
+from localcluster import Cluster, free_port
 
 from remote_docker_operator import names
 
@@ -89,9 +89,9 @@ class Replica:
         payload = (tmp_path / f"{name}.token").read_text().split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         self.credential = f"JTI={claims['jti']}"
-        self.process = OperatorProcess(
-            kubeconfig, cluster.logs / f"operator-{name}.log", **OPERATOR_ENV, **lease_env(name)
-        )
+        # Each replica its own metrics port, as each pod has its own address.
+        env = {**OPERATOR_ENV, "RDO_METRICS_PORT": str(free_port()), **lease_env(name)}
+        self.process = OperatorProcess(kubeconfig, cluster.logs / f"operator-{name}.log", **env)
 
     def log(self) -> str:
         return self.process.log.read_text(errors="replace")
