@@ -24,7 +24,7 @@ help:
 	@echo "make lint              ruff and mypy --strict"
 	@echo "make bench             both benchmarks below; tables in .artifacts/bench/"
 	@echo "make bench-latency     BuildJob vs a dind-sidecar pod on the real local cluster"
-	@echo "make bench-scale       1,000 at once, restart with 2,000, RSS at 5,000 (kwok)"
+	@echo "make bench-scale       1,000 at once, restart with 2,000, RSS at 5,000, churn 2,000 (kwok)"
 
 # The package is installed editable, so the stamp covers this checkout's path as well.
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; echo $(CURDIR)) | sha256sum | cut -c1-12)

@@ -1,5 +1,6 @@
 """What both benchmarks share: BuildJob progress seen through a watch, percentiles, the table."""
 
+import collections
 import datetime
 import os
 import platform
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes import watch
-from kubernetes.client import ApiClient, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import ProtocolError
 
@@ -25,15 +26,52 @@ RESULTS = Path(os.environ.get("RDO_ARTIFACTS", ROOT / ".artifacts")) / "bench"
 
 class Progress:
     """Watches every BuildJob and records, per uid, when each milestone was first seen
-    (time.monotonic()): its phases, and `cleanedUp` once the TTL has removed its namespace."""
+    (time.monotonic()): its phases, `cleanedUp` once the TTL has removed its namespace, and
+    `deleted`. It also counts the watch events it sees: the operator's own watches (every
+    BuildJob; pods with the operator's label, when `pods` is set) see the same ones."""
 
-    def __init__(self, client: ApiClient) -> None:
+    def __init__(self, client: ApiClient, pods: bool = False) -> None:
         self.api = CustomObjectsApi(client)
+        self.core = CoreV1Api(client)
         self.seen: dict[str, dict[str, float]] = {}
+        self.counts: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
+        if pods:
+            threading.Thread(target=self._count_pods, daemon=True).start()
+
+    def _count_pods(self) -> None:
+        selector = f"{names.LABEL_MANAGED_BY}={names.APP}"
+        version = self.core.list_pod_for_all_namespaces(
+            label_selector=selector
+        ).metadata.resource_version
+        while not self._stop.is_set():
+            try:
+                for event in watch.Watch().stream(
+                    self.core.list_pod_for_all_namespaces,
+                    label_selector=selector,
+                    resource_version=version,
+                    timeout_seconds=60,
+                    allow_watch_bookmarks=False,
+                ):
+                    version = event["object"].metadata.resource_version
+                    with self._lock:
+                        self.counts["pods"] += 1
+            except ApiException as e:
+                if e.status != 410:
+                    raise
+                version = self.core.list_pod_for_all_namespaces(
+                    label_selector=selector
+                ).metadata.resource_version
+            except ProtocolError:
+                pass
+
+    def events(self) -> dict[str, int]:
+        """Watch events seen so far, by resource."""
+        with self._lock:
+            return dict(self.counts)
 
     def _record(self, obj: dict[str, Any]) -> None:
         now = time.monotonic()
@@ -67,8 +105,13 @@ class Progress:
                 ):
                     obj = event["object"]
                     version = obj["metadata"]["resourceVersion"]
+                    with self._lock:
+                        self.counts["buildjobs"] += 1
                     if event["type"] in ("ADDED", "MODIFIED"):
                         self._record(obj)
+                    elif event["type"] == "DELETED":
+                        with self._lock:
+                            self.seen.setdefault(obj["metadata"]["uid"], {})["deleted"] = 0.0
             except ApiException as e:
                 if e.status != 410:
                     raise
@@ -83,6 +126,9 @@ class Progress:
     def times(self, milestone: str, uids: set[str]) -> list[float]:
         with self._lock:
             return [self.seen[u][milestone] for u in uids if milestone in self.seen.get(u, {})]
+
+    def gone(self, uids: set[str]) -> int:
+        return self.count("deleted", uids)
 
     def stop(self) -> None:
         self._stop.set()

@@ -314,7 +314,6 @@ class Cluster:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
-                "--enable-priority-and-fairness=false",
                 # Loopback may not be an endpoint of the kubernetes Service (kwok tier).
                 f"--endpoint-reconciler-type={'lease' if self.tier == 'real' else 'none'}",
                 "--profiling=false",

@@ -84,9 +84,13 @@ class OperatorProcess:
     """The operator as a real process (python -m remote_docker_operator), so tests can SIGKILL
     and restart it like a crashing pod."""
 
-    def __init__(self, kubeconfig: Path, log: Path, **env: str) -> None:
+    def __init__(
+        self, kubeconfig: Path, log: Path, python: str = sys.executable, **env: str
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
+        # The interpreter: this one by default; the scale bench can name another (a newer Python).
+        self.python = python
         self.base_env = env
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -104,7 +108,7 @@ class OperatorProcess:
         with self.log.open("ab") as log:
             log.write(f"\n==== start {env} ====\n".encode())
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "remote_docker_operator"],
+                [self.python, "-m", "remote_docker_operator"],
                 env=full,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -288,12 +292,7 @@ def install_chart_identity(
     rendered = render_chart_identity(helm, engine_class)
     cluster.kubectl("create", "namespace", RELEASE_NAMESPACE, check=False)
     cluster.kubectl("apply", "-f", "-", input=rendered)
-    sa_name = next(
-        doc["metadata"]["name"]
-        for doc in yaml.safe_load_all(rendered)
-        if doc and doc["kind"] == "ServiceAccount"
-    )
-    return service_account_kubeconfig(cluster, sa_name, token_file)
+    return service_account_kubeconfig(cluster, _service_account_name(rendered), token_file)
 
 
 def service_account_kubeconfig(cluster: Any, sa_name: str, token_file: Path) -> Path:
@@ -318,6 +317,21 @@ def lease_env(identity: str) -> dict[str, str]:
         "RDO_LEASE_NAMESPACE": RELEASE_NAMESPACE,
         "RDO_LEADER_IDENTITY": identity,
     }
+
+
+def _service_account_name(rendered: str) -> str:
+    return next(
+        str(doc["metadata"]["name"])
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "ServiceAccount"
+    )
+
+
+def chart_identity_user(helm: Path) -> str:
+    """The user name the API server gives the chart's ServiceAccount (for an audit policy,
+    written before the ServiceAccount exists)."""
+    name = _service_account_name(render_chart_identity(helm, DEFAULT_CLASS_SPEC))
+    return f"system:serviceaccount:{RELEASE_NAMESPACE}:{name}"
 
 
 def uninstall_chart_identity(cluster: Any, helm: Path, engine_class: dict[str, Any]) -> None:

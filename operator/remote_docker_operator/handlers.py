@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import kopf
 
-from . import metrics, names
+from . import kopfclient, metrics, names
 from .config import get_settings
 from .decide import ACTIVE_PHASES
 from .kube import Kube, Obj, load_config
@@ -48,15 +48,30 @@ def post_event(ref: Obj, type_: str, reason: str, message: str) -> None:
     kopf.event(cast(kopf.Body, ref), type=type_, reason=reason, message=message)
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base: kopf would keep the last handled spec in an annotation (one more patch per
+    BuildJob) only to tell creations and updates apart, and no handler here reacts to those;
+    the BuildJob's own events and the timer drive the reconciler. kopf sees each event as a
+    creation with no handler to run, and stores nothing."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
+
+
+# kopf's API session, with a bounded connection pool (kopfclient.py says why).
+kopf.on.login()(kopfclient.login)
+
+
 @kopf.on.startup()
 async def startup(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
     settings.persistence.finalizer = names.FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=names.GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = NoDiffBase()
     # Events come from phase transitions; kopf's per-log-line events would flood the BuildJob.
     settings.posting.level = logging.WARNING
     # Only our own pods, filtered by the API server rather than in this process.

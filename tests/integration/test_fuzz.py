@@ -13,16 +13,14 @@ below, and must go quiet once nothing is due. test_admission checks admission al
 volume, with dry runs.
 
 Writes to a finished BuildJob that are by design (each at most once per BuildJob):
-- kopf's own bookkeeping on metadata: the finalizer (only if the operator failed the BuildJob
-  before kopf added it), and the diff-base annotation `<group>/last-handled-configuration`
-  (with `<group>/kopf-managed`). kopf writes these after the `buildjob_event` handler returns,
-  and that handler may already have failed the BuildJob (a missing Secret, a pod the API server
-  refuses): the annotation then lands a few ms after the phase flips to Failed.
+- kopf's finalizer (only if the operator failed the BuildJob before kopf added it: kopf adds
+  it after the `buildjob_event` handler returns, and that handler may already have failed the
+  BuildJob, a missing Secret, a pod the API server refuses), and the `<group>/kopf-managed`
+  marker beside kopf's progress annotations.
 - `status.cleanedUp: true`, once `ttlSecondsAfterFinished` has passed since `completionTime`
   (reconcile._finish deletes the job namespace, then writes it).
-- kopf rewriting the diff-base annotation right after that: the resync timer filters on
-  `field="status.cleanedUp"`, so kopf keeps status.cleanedUp in the object's essence and
-  stores the new essence when it changes.
+kopf's diff-base annotation (`<group>/last-handled-configuration`) is not written at all: the
+operator keeps no diff-base (handlers.NoDiffBase), so any write of it fails the check.
 """
 
 import calendar
@@ -66,7 +64,6 @@ DEFAULT_TTL = int(OPERATOR_ENV["RDO_DEFAULT_TTL_SECONDS"])
 SHORT_TTL = 3
 QUIET_SECONDS = 5 * RESYNC
 
-DIFFBASE = f"{names.GROUP}/last-handled-configuration"
 KOPF_MANAGED = f"{names.GROUP}/kopf-managed"
 
 # What a generated spec is expected to do.
@@ -707,7 +704,7 @@ def _late_write(prev: dict[str, Any], cur: dict[str, Any], at: float) -> tuple[l
         if pa.get(key) == ca.get(key):
             continue
         added_marker = key == KOPF_MANAGED and key not in pa and ca[key] == "yes"
-        if added_marker or (key == DIFFBASE and _diffbase_step(pa.get(key), ca.get(key), cur)):
+        if added_marker:
             allowed.append(key)
         else:
             other.append(f"annotation {key}: {pa.get(key)!r} -> {ca.get(key)!r}")
@@ -718,20 +715,6 @@ def _late_write(prev: dict[str, Any], cur: dict[str, Any], at: float) -> tuple[l
     if not allowed and not other:
         other.append("a write that changed nothing visible")
     return allowed, "; ".join(other)
-
-
-def _diffbase_step(old: str | None, new: str | None, cur: dict[str, Any]) -> bool:
-    """Whether kopf's diff-base annotation moved one of its two designed steps forward: absent
-    -> the spec -> the spec and status.cleanedUp (which the resync timer's field filter puts in
-    kopf's essence), skipping a step at most; never back, so it is written at most twice."""
-    stages: list[dict[str, Any] | None] = [None, {"spec": cur["spec"]}]
-    if (cur.get("status") or {}).get("cleanedUp") is True:
-        stages.append({"spec": cur["spec"], "status": {"cleanedUp": True}})
-    before = json.loads(old) if old else None
-    after = json.loads(new) if new else None
-    if before not in stages or after not in stages:
-        return False
-    return stages.index(after) > stages.index(before)
 
 
 def late_writes(seen: list[Seen]) -> tuple[Counter[str], list[str]]:
@@ -786,9 +769,9 @@ def _errors(lines: list[str]) -> list[str]:
 
 def _settled(kube: Kube, recorder: Recorder, ns: str, name: str) -> bool:
     """Nothing more is due for the BuildJob: a short TTL has expired and its job namespace is
-    gone (with its pods, whose events the operator hears), kopf's bookkeeping is written, and
-    nothing has written the BuildJob for a resync period (kopf's annotation follows cleanedUp
-    by milliseconds; a loop would never let this hold, or be caught in the quiet window)."""
+    gone (with its pods, whose events the operator hears), kopf's finalizer is written, and
+    nothing has written the BuildJob for a resync period (a loop would never let this hold, or
+    be caught in the quiet window)."""
     bj = kube.get_buildjob(ns, name) or {}
     status, meta = bj.get("status") or {}, bj.get("metadata") or {}
     job_ns = str(status.get("namespace") or "")
@@ -796,11 +779,7 @@ def _settled(kube: Kube, recorder: Recorder, ns: str, name: str) -> bool:
     if expired and (not status.get("cleanedUp") or kube.namespace_exists(job_ns)):
         return False
     last = max(s.at for s in list(recorder.seen) if s.obj["metadata"]["name"] == name)
-    return bool(
-        names.FINALIZER in (meta.get("finalizers") or [])
-        and DIFFBASE in (meta.get("annotations") or {})
-        and time.time() - last >= RESYNC
-    )
+    return bool(names.FINALIZER in (meta.get("finalizers") or []) and time.time() - last >= RESYNC)
 
 
 def check_quiet(kube: Kube, operator: OperatorProcess, recorder: Recorder, ns: str) -> None:
