@@ -1,11 +1,13 @@
-"""kopf handlers: the triggers. Each one finds the BuildJob concerned and asks the reconciler
-to converge it; what to do lives in reconcile.py, what objects look like in builders.py.
+"""kopf handlers: the triggers (BuildJob, pod and EngineClass events, deletion, and one resync
+loop for all BuildJobs). Each finds the BuildJob concerned and asks the reconciler to converge
+it; what to do lives in decide.py, how in reconcile.py, what objects look like in builders.py.
 
 Handlers are sync functions: kopf runs them in its thread pool, so the blocking kubernetes
 client never stalls the event loop.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 from typing import Any, cast
 
@@ -13,10 +15,10 @@ import kopf
 
 from . import kopfclient, metrics, names
 from .config import get_settings
-from .decide import ACTIVE_PHASES
 from .kube import Kube, Obj, load_config
 from .reconcile import Reconciler, Requeue
 
+logger = logging.getLogger(__name__)
 SETTINGS = get_settings()
 WORKERS = 16
 
@@ -92,6 +94,9 @@ async def startup(
     await asyncio.to_thread(_load, rec, logger)
     memo.reconciler = rec
     metrics.track(lambda: list(rec.jobs.values()))
+    memo.resync = asyncio.create_task(
+        resync_forever(rec, SETTINGS.resync_seconds, settings.execution.executor)
+    )
 
 
 def _load(rec: Reconciler, logger: kopf.Logger) -> None:
@@ -136,25 +141,36 @@ def engineclass_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: A
         classes[body.metadata.name or ""] = dict(body)
 
 
-@kopf.timer(
-    names.GROUP,
-    names.VERSION,
-    names.PLURAL,
-    interval=SETTINGS.resync_seconds,
-    # After an error (say, the API server briefly unavailable) try again at the next tick, not
-    # after kopf's default minute.
-    backoff=SETTINGS.resync_seconds,
-    # A new BuildJob's own event starts it; an immediate tick would only repeat those reads.
-    initial_delay=SETTINGS.resync_seconds,
-    # A callback, not field=/value=: kopf stores a field filter's value in its diff-base
-    # annotation, which would cost one more write per BuildJob once cleanedUp is set.
-    when=lambda status, **_: not status.get("cleanedUp"),
-)
-def resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Deadlines, TTLs, the queue, and children deleted or changed behind our back."""
-    rec = reconciler(memo)
-    state = rec.observe(dict(body))
-    rec.reconcile(state, drift_check=state.phase in ACTIVE_PHASES)
+async def resync_forever(
+    rec: Reconciler, interval: float, executor: concurrent.futures.Executor
+) -> None:
+    """Every unfinished BuildJob, every `interval` seconds (Reconciler.resync), WORKERS at a
+    time in kopf's thread pool. One loop for all rather than a kopf timer per BuildJob: each
+    timer keeps its own copy of the BuildJob's body and a task for as long as the BuildJob
+    exists, thousands of them while finished BuildJobs wait for their TTL."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(interval)
+        due = rec.due_for_resync()
+        for start in range(0, len(due), WORKERS):
+            batch = due[start : start + WORKERS]
+            results = await asyncio.gather(
+                *(loop.run_in_executor(executor, rec.resync, state) for state in batch),
+                return_exceptions=True,
+            )
+            for state, result in zip(batch, results, strict=True):
+                if isinstance(result, Exception):
+                    # As kopf would for a failed timer: logged, and tried at the next tick.
+                    logger.error(
+                        "Resync of BuildJob %s/%s failed: %r", state.namespace, state.name, result
+                    )
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    task = memo.get("resync")
+    if task is not None:
+        task.cancel()
 
 
 @kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)

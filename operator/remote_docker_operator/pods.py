@@ -13,6 +13,34 @@ CONFIG_FAILURES = frozenset(
 )
 
 
+def essence(pod: Pod) -> Pod:
+    """What this module reads of a pod, and nothing else: the reconciler keeps the newest pod
+    of each running BuildJob in memory, and a whole pod body (spec, managedFields, every
+    container's image ids) is most of what thousands of BuildJobs would hold."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+
+    def containers(key: str) -> list[dict[str, Any]]:
+        return [
+            {"name": c.get("name"), "state": c.get("state") or {}} for c in status.get(key) or []
+        ]
+
+    return {
+        "metadata": {
+            k: meta[k] for k in ("name", "namespace", "uid", "deletionTimestamp") if k in meta
+        },
+        "status": {
+            **{k: status[k] for k in ("phase", "reason", "message") if k in status},
+            "conditions": [
+                {"type": c.get("type"), "status": c.get("status")}
+                for c in status.get("conditions") or []
+            ],
+            "containerStatuses": containers("containerStatuses"),
+            "initContainerStatuses": containers("initContainerStatuses"),
+        },
+    }
+
+
 def _container_status(pod: Pod, container: str) -> dict[str, Any]:
     status = pod.get("status") or {}
     for entry in (status.get("containerStatuses") or []) + (

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from kubernetes.client.exceptions import ApiException
 
-from . import builders, certs, classes, decide, failpoints, metrics, names, queue
+from . import builders, certs, classes, decide, failpoints, metrics, names, pods, queue
 from . import status as st
 from .builders import Target
 from .config import Settings
@@ -98,7 +98,8 @@ class Reconciler:
 
     def _pod(self, state: JobState, name: str, fresh: bool = False) -> Obj | None:
         if fresh or name not in state.pods:
-            state.pods[name] = self._owned(state, "Pod", name)
+            pod = self._owned(state, "Pod", name)
+            state.pods[name] = None if pod is None else pods.essence(pod)
         return state.pods[name]
 
     def _owned(self, state: JobState, kind: str, name: str | None = None) -> Obj | None:
@@ -188,12 +189,21 @@ class Reconciler:
             # Stored under the lock, so a read in flight never overwrites a newer event; a
             # finished BuildJob reads its pods no more.
             if pod_event is not None and state.phase not in TERMINAL_PHASES:
-                state.pods[pod_event["metadata"]["name"]] = None if pod_deleted else pod_event
+                name = pod_event["metadata"]["name"]
+                state.pods[name] = None if pod_deleted else pods.essence(pod_event)
             self._guarded_step(state, drift_check)
         finally:
             state.lock.release()
         if state.phase in TERMINAL_PHASES or state.gone:
             self.start_queued()
+
+    def resync(self, state: JobState) -> None:
+        """The periodic check of an unfinished BuildJob: deadline, TTL, the queue, and (while it
+        runs) children deleted or changed behind the operator's back."""
+        self.reconcile(state, drift_check=state.phase in decide.ACTIVE_PHASES)
+
+    def due_for_resync(self) -> list[JobState]:
+        return [s for s in list(self.jobs.values()) if s.live and not s.status.get("cleanedUp")]
 
     def _guarded_step(self, state: JobState, drift_check: bool) -> None:
         """The one error boundary: every entry point (events, the timer, the queue, requeues)
@@ -467,7 +477,7 @@ class Reconciler:
         if created is None:
             state.pods.pop(name, None)
         else:
-            state.pods[name] = created
+            state.pods[name] = pods.essence(created)
 
     # -- finishing ----------------------------------------------------------------------------
 

@@ -2,11 +2,12 @@
 a real API server in tests/integration.)"""
 
 import asyncio
+import concurrent.futures
 from typing import Any, ClassVar
 
 import kopf
 
-from remote_docker_operator import handlers, names
+from remote_docker_operator import handlers, names, pods
 from remote_docker_operator.config import Settings
 from remote_docker_operator.errors import NotYet
 from remote_docker_operator.jobstate import parse_spec
@@ -155,3 +156,59 @@ def test_requeue_runs_the_buildjob_again_from_another_thread() -> None:
 
     asyncio.run(main())
     assert ran == ["state-of-u"]
+
+
+def test_resync_loop_steps_every_unfinished_buildjob_and_survives_a_failure() -> None:
+    stepped: list[str] = []
+
+    class Rec:
+        def due_for_resync(self) -> list[Any]:
+            return [body_state(u) for u in ("a", "boom", "c")]
+
+        def resync(self, state: Any) -> None:
+            if state.uid == "boom":
+                raise RuntimeError("API server gone")
+            stepped.append(state.uid)
+
+    def body_state(uid: str) -> Any:
+        return reconciler().observe(body(uid, "2026-01-01T00:00:00Z"))
+
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            task = asyncio.create_task(handlers.resync_forever(Rec(), 0.01, pool))  # type: ignore[arg-type]
+            for _ in range(200):
+                await asyncio.sleep(0.01)
+                if stepped.count("c") >= 2:
+                    break
+            task.cancel()
+
+    asyncio.run(main())
+    # Every tick reaches each due BuildJob, the one that fails included, and ticks go on.
+    assert stepped.count("a") >= 2
+    assert stepped.count("c") >= 2
+
+
+def test_pod_essence_decides_as_the_whole_pod_does() -> None:
+    pod = {
+        "metadata": {"name": "job", "uid": "p", "managedFields": [{"big": "x" * 1000}]},
+        "spec": {"containers": [{"name": "job", "image": "a"}]},
+        "status": {
+            "phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastProbeTime": None}],
+            "containerStatuses": [
+                {"name": "job", "imageID": "sha", "state": {"terminated": {"exitCode": 3}}}
+            ],
+            "initContainerStatuses": [
+                {"name": names.WAIT_CONTAINER, "state": {"terminated": {"exitCode": 0}}}
+            ],
+        },
+    }
+    small = pods.essence(pod)
+    assert "spec" not in small
+    assert "managedFields" not in small["metadata"]
+    for check in (pods.is_ready, pods.is_terminating):
+        assert check(small) == check(pod)
+    assert pods.terminated(small, "job") == pods.terminated(pod, "job")
+    assert pods.init_failed(small, names.WAIT_CONTAINER) == pods.init_failed(
+        pod, names.WAIT_CONTAINER
+    )
