@@ -34,6 +34,8 @@ class JobState:
     admitted: bool = False
     provisioned: bool = False
     cleaned: bool = False  # engine (and a cut-short job's pod) deleted after finishing
+    # Provisioning was written in this very step: no child exists yet, nothing needs reading.
+    started_here: bool = False
     retries: int = 0  # requeues in a row (errors.NotYet): the next one waits twice as long
     # The newest body of each child pod from the pod watch (None: deleted), so that following
     # a job costs no reads; a pod not seen yet is read from the API server.

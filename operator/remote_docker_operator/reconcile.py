@@ -97,6 +97,8 @@ class Reconciler:
         return state
 
     def _pod(self, state: JobState, name: str, fresh: bool = False) -> Obj | None:
+        if state.started_here and name not in state.pods:
+            state.pods[name] = None
         if fresh or name not in state.pods:
             pod = self._owned(state, "Pod", name)
             state.pods[name] = None if pod is None else pods.essence(pod)
@@ -254,7 +256,13 @@ class Reconciler:
                     st.timestamp(self.clock()),
                 ),
             )
-        self._run(state, decide.decide(self._known(state, pods=True, drift_check=drift_check)))
+            # Children are made only after Provisioning is written, so none exist yet: no
+            # reads before creating them (a create that meets one anyway, 409, reads then).
+            state.started_here = True
+        try:
+            self._run(state, decide.decide(self._known(state, pods=True, drift_check=drift_check)))
+        finally:
+            state.started_here = False
 
     def _known(self, state: JobState, pods: bool = False, drift_check: bool = False) -> Known:
         """What decide needs; with pods, the BuildJob's pods too (from the watch, or read)."""
@@ -431,6 +439,10 @@ class Reconciler:
     def _ensure_tls(self, state: JobState, t: Target, cluster_ip: str | None) -> None:
         """Both TLS secrets, from one CA. A mismatched or half-written pair (a crash between the
         two writes) is reissued while no engine uses it; after that, losing one is fatal."""
+        if state.started_here:
+            made = [self.kube.create(m) for m in self._tls_pair(t, cluster_ip)]
+            if None not in made:
+                return
         secrets = [
             self._owned(state, "Secret", n) for n in (names.ENGINE_TLS_SECRET, names.CLIENT_SECRET)
         ]
@@ -444,6 +456,12 @@ class Reconciler:
             return
         if self._owned(state, "Pod", names.ENGINE_POD) is not None:
             raise ChildLost("the engine's TLS secrets were deleted or changed while it runs")
+        for manifest in self._tls_pair(t, cluster_ip):
+            if self.kube.create(manifest) is None:
+                self.kube.replace(manifest)
+
+    def _tls_pair(self, t: Target, cluster_ip: str | None) -> tuple[Obj, Obj]:
+        """A new CA's client and engine secrets (the CA's key is dropped here)."""
         valid_for = datetime.timedelta(seconds=t.deadline_seconds) + CERT_MARGIN
         bundle = certs.issue(
             builders.engine_dns_names(t),
@@ -451,12 +469,7 @@ class Reconciler:
             valid_for,
             self.clock(),
         )
-        for manifest in (
-            builders.build_client_secret(t, bundle),
-            builders.build_engine_tls_secret(t, bundle),
-        ):
-            if self.kube.create(manifest) is None:
-                self.kube.replace(manifest)
+        return builders.build_client_secret(t, bundle), builders.build_engine_tls_secret(t, bundle)
 
     def _create_pod(self, state: JobState, manifest: Obj) -> None:
         name = manifest["metadata"]["name"]
