@@ -8,6 +8,7 @@ client never stalls the event loop.
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 from typing import Any, cast
 
@@ -37,7 +38,8 @@ def requeue_on(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> Requeue:
         rec = reconciler(memo)
         state = rec.jobs.get(uid)
         if state is not None:
-            loop.run_in_executor(None, rec.reconcile, state)
+            # In kopf's context (kopf.event needs it), as kopf runs its own sync handlers.
+            loop.run_in_executor(None, contextvars.copy_context().run, rec.reconcile, state)
 
     def requeue(uid: str, delay: float) -> None:
         loop.call_soon_threadsafe(loop.call_later, delay, fire, uid)
@@ -155,7 +157,11 @@ async def resync_forever(
         for start in range(0, len(due), WORKERS):
             batch = due[start : start + WORKERS]
             results = await asyncio.gather(
-                *(loop.run_in_executor(executor, rec.resync, state) for state in batch),
+                *(
+                    # In kopf's context (kopf.event needs it), as kopf runs its sync handlers.
+                    loop.run_in_executor(executor, contextvars.copy_context().run, rec.resync, s)
+                    for s in batch
+                ),
                 return_exceptions=True,
             )
             for state, result in zip(batch, results, strict=True):

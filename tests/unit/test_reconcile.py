@@ -3,6 +3,7 @@ a real API server in tests/integration.)"""
 
 import asyncio
 import concurrent.futures
+import contextvars
 from typing import Any, ClassVar
 
 import kopf
@@ -15,6 +16,10 @@ from remote_docker_operator.kube import Kube
 from remote_docker_operator.reconcile import Reconciler
 
 from ..support import make_target
+
+# Stands for kopf's own ContextVars, which kopf.event reads: work handed to a thread must carry
+# them, as kopf's own sync handlers do.
+KOPF_CONTEXT: contextvars.ContextVar[str] = contextvars.ContextVar("kopf_context")
 
 
 def body(uid: str, created: str, phase: str | None = None, **spec: Any) -> dict[str, Any]:
@@ -141,11 +146,12 @@ def test_requeue_runs_the_buildjob_again_from_another_thread() -> None:
         jobs: ClassVar[dict[str, str]] = {"u": "state-of-u"}
 
         def reconcile(self, state: str) -> None:
-            ran.append(state)
+            ran.append(f"{state} {KOPF_CONTEXT.get()}")
 
     memo.reconciler = Rec()
 
     async def main() -> None:
+        KOPF_CONTEXT.set("in context")
         requeue = handlers.requeue_on(asyncio.get_running_loop(), memo)
         await asyncio.to_thread(requeue, "u", 0.05)
         await asyncio.to_thread(requeue, "gone", 0.01)  # forgotten meanwhile: nothing runs
@@ -155,7 +161,7 @@ def test_requeue_runs_the_buildjob_again_from_another_thread() -> None:
             await asyncio.sleep(0.01)
 
     asyncio.run(main())
-    assert ran == ["state-of-u"]
+    assert ran == ["state-of-u in context"]
 
 
 def test_resync_loop_steps_every_unfinished_buildjob_and_survives_a_failure() -> None:
@@ -168,12 +174,14 @@ def test_resync_loop_steps_every_unfinished_buildjob_and_survives_a_failure() ->
         def resync(self, state: Any) -> None:
             if state.uid == "boom":
                 raise RuntimeError("API server gone")
+            KOPF_CONTEXT.get()  # kopf.event reads kopf's settings from a ContextVar
             stepped.append(state.uid)
 
     def body_state(uid: str) -> Any:
         return reconciler().observe(body(uid, "2026-01-01T00:00:00Z"))
 
     async def main() -> None:
+        KOPF_CONTEXT.set("kopf's settings")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             task = asyncio.create_task(handlers.resync_forever(Rec(), 0.01, pool))  # type: ignore[arg-type]
             for _ in range(200):
