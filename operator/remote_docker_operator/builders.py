@@ -625,3 +625,34 @@ def build_job_pod(t: Target) -> Manifest:
         "metadata": _meta(t, names.JOB_POD, names.COMPONENT_JOB),
         "spec": spec,
     }
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+def build_event(ref: Manifest, type_: str, reason: str, message: str, at: str) -> Manifest:
+    """A core/v1 Event about the BuildJob `ref` (apiVersion, kind, metadata name/namespace/uid),
+    as `kubectl describe` shows them; `at` is its RFC 3339 time."""
+    meta = ref["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": ref["apiVersion"],
+            "kind": ref["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": type_,
+        "reason": reason,
+        # The API server refuses a message over 1 KiB.
+        "message": message[:1024],
+        "source": {"component": names.APP},
+        "reportingComponent": names.APP,
+        "reportingInstance": names.APP,
+        "firstTimestamp": at,
+        "lastTimestamp": at,
+        "count": 1,
+    }

@@ -262,13 +262,15 @@ def finish(k: Known) -> list[Action]:
 
 # -- drift ------------------------------------------------------------------------------------
 
-# Kinds compared field by field with what was built; the others hold quantities the API server
-# rewrites in its own canonical form ("0.5" -> "500m"), so only their built-from hash is
-# compared, which still catches a child built differently by another operator version.
-COMPARED_KINDS = frozenset({"Namespace", "NetworkPolicy", "Service", "Secret"})
+# Kinds put back as built when they drift: the fences (NetworkPolicies), where the engine's
+# name points (the Service) and credentials (Secrets), which the ClusterRole may update. The
+# namespace, LimitRange and ResourceQuota are checked for existence only: updating namespaces
+# would be a cluster-wide right, and the other two hold quantities the API server rewrites in
+# its own canonical form ("0.5" -> "500m").
+REVERTED_KINDS = frozenset({"NetworkPolicy", "Service", "Secret"})
 
 
-# Keys the API server fills in on the kinds compared (a Service's addresses and policies, a
+# Keys the API server fills in on the kinds reverted (a Service's addresses and policies, a
 # port's protocol): their presence in what exists is not drift. Any other key that was not
 # built is, since an added key can change what a rule means (a selector narrowed to nothing).
 SERVER_FILLED = frozenset(
@@ -288,10 +290,10 @@ def drifted(built: Obj, existing: Obj) -> bool:
     """Whether a child that exists is no longer what the operator built: a field the operator
     set changed or removed, a key or list item added, or built by another operator version.
     Labels and annotations others add, and fields the API server fills in, do not count."""
+    if built["kind"] not in REVERTED_KINDS:
+        return False
     if _built_from(built) != _built_from(existing):
         return True
-    if built["kind"] not in COMPARED_KINDS:
-        return False
     labels = existing.get("metadata", {}).get("labels") or {}
     if any(labels.get(k) != v for k, v in built["metadata"].get("labels", {}).items()):
         return True

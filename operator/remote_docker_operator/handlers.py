@@ -13,11 +13,13 @@ import logging
 from typing import Any, cast
 
 import kopf
+from kubernetes.client.exceptions import ApiException
 
-from . import kopfclient, metrics, names
+from . import builders, kopfclient, metrics, names
+from . import status as st
 from .config import get_settings
 from .kube import Kube, Obj, load_config
-from .reconcile import Reconciler, Requeue
+from .reconcile import EventSink, Reconciler, Requeue
 
 logger = logging.getLogger(__name__)
 SETTINGS = get_settings()
@@ -38,7 +40,8 @@ def requeue_on(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> Requeue:
         rec = reconciler(memo)
         state = rec.jobs.get(uid)
         if state is not None:
-            # In kopf's context (kopf.event needs it), as kopf runs its own sync handlers.
+            # In the context it was asked from (kopf's: its log prefixes), as kopf runs its
+            # own sync handlers.
             loop.run_in_executor(None, contextvars.copy_context().run, rec.reconcile, state)
 
     def requeue(uid: str, delay: float) -> None:
@@ -47,9 +50,18 @@ def requeue_on(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> Requeue:
     return requeue
 
 
-def post_event(ref: Obj, type_: str, reason: str, message: str) -> None:
-    # kopf only reads apiVersion, kind and metadata from the object it is given.
-    kopf.event(cast(kopf.Body, ref), type=type_, reason=reason, message=message)
+def event_poster(kube: Kube) -> EventSink:
+    """Events with the operator's own client: kopf.event needs kopf's context, which work run
+    from the resync loop and requeues would have to carry; an Event that cannot be posted is
+    logged, never the BuildJob's failure."""
+
+    def post(ref: Obj, type_: str, reason: str, message: str) -> None:
+        try:
+            kube.create(builders.build_event(ref, type_, reason, message, st.timestamp(st.now())))
+        except ApiException as e:
+            logger.warning("Event %s for %s not posted: %s", reason, ref["metadata"]["name"], e)
+
+    return post
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -91,7 +103,10 @@ async def startup(
     settings.scanning.disabled = True
 
     load_config(pool_size=WORKERS)
-    rec = Reconciler(Kube(), SETTINGS, post_event, requeue_on(asyncio.get_running_loop(), memo))
+    kube = Kube()
+    rec = Reconciler(
+        kube, SETTINGS, event_poster(kube), requeue_on(asyncio.get_running_loop(), memo)
+    )
     # Blocking reads: off the event loop.
     await asyncio.to_thread(_load, rec, logger)
     memo.reconciler = rec
@@ -158,7 +173,7 @@ async def resync_forever(
             batch = due[start : start + WORKERS]
             results = await asyncio.gather(
                 *(
-                    # In kopf's context (kopf.event needs it), as kopf runs its sync handlers.
+                    # In kopf's context (its log prefixes), as kopf runs its sync handlers.
                     loop.run_in_executor(executor, contextvars.copy_context().run, rec.resync, s)
                     for s in batch
                 ),

@@ -32,6 +32,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "ResourceQuota": ("/api/v1", "resourcequotas"),
     "LimitRange": ("/api/v1", "limitranges"),
+    "Event": ("/api/v1", "events"),
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
     names.CLASS_KIND: (f"/apis/{names.API_VERSION}", names.CLASS_PLURAL),
 }
@@ -171,7 +172,8 @@ class Kube:
 
 
 def _ref(meta: Obj) -> str:
-    return f"{meta['namespace']}/{meta['name']}" if meta.get("namespace") else str(meta["name"])
+    name = meta.get("name") or meta.get("generateName", "")
+    return f"{meta['namespace']}/{name}" if meta.get("namespace") else str(name)
 
 
 def load_config(pool_size: int) -> None:

@@ -667,8 +667,8 @@ EXPECTED_OPERATOR_RULES = {
     ("", "namespaces", frozenset({"get", "list", "create", "delete"})),
     ("", "pods", frozenset({"get", "list", "watch", "create", "delete"})),
     ("", "secrets", frozenset({"get", "create", "update"})),
-    ("", "services", frozenset({"get", "create"})),
-    ("networking.k8s.io", "networkpolicies", frozenset({"get", "create"})),
+    ("", "services", frozenset({"get", "create", "update"})),
+    ("networking.k8s.io", "networkpolicies", frozenset({"get", "create", "update"})),
 }
 
 

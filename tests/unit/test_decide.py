@@ -145,7 +145,26 @@ def test_drifted_sees_edits_but_not_server_defaults() -> None:
     assert decide.drifted(policy, {**policy, "metadata": rebuilt})
 
 
-def test_quantities_are_compared_by_hash_only() -> None:
-    quota = builders.build_quota(make_target())
-    canonical = {**quota, "spec": {"hard": {**quota["spec"]["hard"], "pods": "2000m"}}}
-    assert not decide.drifted(quota, canonical)
+def test_only_fences_service_and_secrets_are_reverted() -> None:
+    """The namespace, quota and LimitRange are checked for existence only (see REVERTED_KINDS)."""
+    t = make_target()
+    quota = builders.build_quota(t)
+    changed = {**quota, "spec": {"hard": {"pods": "20"}}}
+    assert not decide.drifted(quota, changed)
+    ns = builders.build_namespace(t)
+    assert not decide.drifted(ns, {**ns, "metadata": {**ns["metadata"], "labels": {}}})
+    service = builders.build_engine_service(t)
+    assert decide.drifted(service, {**service, "spec": {**service["spec"], "selector": {}}})
+
+
+def test_event_names_its_buildjob() -> None:
+    ref = {
+        "apiVersion": "remotedocker.dev/v1alpha1",
+        "kind": "BuildJob",
+        "metadata": {"name": "bj", "namespace": "ci", "uid": "u1"},
+    }
+    event = builders.build_event(ref, "Warning", "JobFailed", "x" * 2000, "2026-01-01T00:00:00Z")
+    assert event["metadata"] == {"generateName": "bj.", "namespace": "ci"}
+    assert event["involvedObject"]["uid"] == "u1"
+    assert (event["type"], event["reason"]) == ("Warning", "JobFailed")
+    assert len(event["message"]) == 1024
