@@ -385,6 +385,9 @@ class Reconciler:
         if existing is None:  # deleted between our 409 and our read: try once more
             return self._ensure(state, manifest, check_first=False)
         logger.info("Adopted existing %s %s", kind.lower(), name)
+        # Something was made before after all (a previous operator's work): read before
+        # creating from here on.
+        state.started_here = False
         return existing
 
     def _revert(self, built: Obj, existing: Obj) -> Obj:
@@ -417,10 +420,12 @@ class Reconciler:
                 )
             )
         for field_path, source_name, copy_name in wanted:
-            if check_first and self._owned(state, "Secret", copy_name):
-                continue
             source = self.kube.get("Secret", t.namespace, source_name)
             if source is None:
+                # Deleted from the tenant's namespace after the copy was made: the running
+                # job keeps the copy it started with.
+                if check_first and self._owned(state, "Secret", copy_name):
+                    continue
                 raise InvalidSpec(f"{field_path}: Secret {t.namespace}/{source_name} not found")
             # Only registry credentials travel: a Secret of any other type (a service-account
             # token, a TLS key) is never copied out of the tenant's namespace.
@@ -434,17 +439,17 @@ class Reconciler:
                     f"{field_path}: Secret {t.namespace}/{source_name} is of type "
                     f"{source.get('type')!r}; it must be {' or '.join(types)} with its key"
                 )
-            self._ensure(state, builders.build_secret_copy(t, source, copy_name), False)
+            self._ensure(state, builders.build_secret_copy(t, source, copy_name), check_first)
 
     def _ensure_tls(self, state: JobState, t: Target, cluster_ip: str | None) -> None:
         """Both TLS secrets, from one CA. A mismatched or half-written pair (a crash between the
         two writes) is reissued while no engine uses it; after that, losing one is fatal."""
-        if state.started_here:
-            made = [self.kube.create(m) for m in self._tls_pair(t, cluster_ip)]
-            if None not in made:
-                return
+        if state.started_here and all(
+            self.kube.create(m) is not None for m in self._tls_pair(t, cluster_ip)
+        ):
+            return  # else one existed after all (409): read both and check, as below
         secrets = [
-            self._owned(state, "Secret", n) for n in (names.ENGINE_TLS_SECRET, names.CLIENT_SECRET)
+            self._owned(state, "Secret", n) for n in (names.CLIENT_SECRET, names.ENGINE_TLS_SECRET)
         ]
         prints = {
             ((s or {}).get("metadata", {}).get("annotations") or {}).get(
@@ -456,12 +461,13 @@ class Reconciler:
             return
         if self._owned(state, "Pod", names.ENGINE_POD) is not None:
             raise ChildLost("the engine's TLS secrets were deleted or changed while it runs")
-        for manifest in self._tls_pair(t, cluster_ip):
-            if self.kube.create(manifest) is None:
+        for manifest, existing in zip(self._tls_pair(t, cluster_ip), secrets, strict=True):
+            if existing is not None or self.kube.create(manifest) is None:
                 self.kube.replace(manifest)
 
     def _tls_pair(self, t: Target, cluster_ip: str | None) -> tuple[Obj, Obj]:
-        """A new CA's client and engine secrets (the CA's key is dropped here)."""
+        """A new CA's client and engine secrets, in that order (the CA's key is dropped
+        here)."""
         valid_for = datetime.timedelta(seconds=t.deadline_seconds) + CERT_MARGIN
         bundle = certs.issue(
             builders.engine_dns_names(t),
