@@ -36,7 +36,12 @@ from common import RESULTS, ROOT, Progress, describe, report, wait_until
 from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjectsApi
 from kubernetes.config import load_kube_config
 from localcluster import BIN, Cluster, Ports
-from tests.support import OperatorProcess, chart_identity_user, install_chart_identity
+from tests.support import (
+    OperatorProcess,
+    chart_identity_user,
+    install_chart_identity,
+    lease_env,
+)
 
 from remote_docker_operator import names
 
@@ -240,7 +245,9 @@ def run(cluster: Cluster, args: argparse.Namespace) -> int:
         cluster, BIN / "helm", {"image": "local/dind:27"}, cluster.dir / "operator.token"
     )
     log = cluster.logs / "operator.log"
-    op = OperatorProcess(kubeconfig, log, python=args.operator_python, **ENV)
+    # The chart's Lease, which its Role lets the chart's ServiceAccount take.
+    env = {**ENV, **lease_env("bench-operator")}
+    op = OperatorProcess(kubeconfig, log, python=args.operator_python, **env)
     audit = Audit(cluster.dir / "audit.log")
     progress = Progress(client, pods=True)
     op.start()

@@ -202,6 +202,7 @@ class Reconciler:
     def resync(self, state: JobState) -> None:
         """The periodic check of an unfinished BuildJob: deadline, TTL, the queue, and (while it
         runs) children deleted or changed behind the operator's back."""
+        logger.debug("Resync of BuildJob %s/%s", state.namespace, state.name)
         self.reconcile(state, drift_check=state.phase in decide.ACTIVE_PHASES)
 
     def due_for_resync(self) -> list[JobState]:
