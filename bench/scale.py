@@ -21,7 +21,6 @@ Run with `make bench-scale` (or `python bench/scale.py --help`).
 
 import argparse
 import collections
-import json
 import os
 import shutil
 import subprocess
@@ -37,6 +36,8 @@ from kubernetes.client import ApiClient, Configuration, CoreV1Api, CustomObjects
 from kubernetes.config import load_kube_config
 from localcluster import BIN, Cluster, Ports
 from tests.support import (
+    WRITES,
+    Audit,
     OperatorProcess,
     chart_identity_user,
     install_chart_identity,
@@ -98,25 +99,6 @@ def delete_many(api: CustomObjectsApi, prefix: str, count: int) -> None:
 
     with ThreadPoolExecutor(32) as pool:
         list(pool.map(delete, range(count)))
-
-
-class Audit:
-    """The operator's requests, read from the API server's audit log between two marks."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def mark(self) -> None:
-        self.offset = self.path.stat().st_size
-
-    def since_mark(self) -> list[dict[str, Any]]:
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            return [json.loads(line) for line in f if line.strip()]
-
-
-WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
 @dataclass

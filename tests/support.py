@@ -350,3 +350,24 @@ def uninstall_make_up(cluster: Any) -> None:
         capture_output=True,
     )
     cluster.kubectl("delete", "namespace", "remote-docker-operator", "--ignore-not-found", "--wait")
+
+
+# The verbs that change something, as the API server's audit log names them.
+WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
+class Audit:
+    """The API server's audit log (a localcluster Cluster's <dir>/audit.log) from a mark on."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def mark(self) -> None:
+        self.offset = self.path.stat().st_size
+
+    def since_mark(self) -> list[dict[str, Any]]:
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            # Stages ResponseStarted (a watch begins) and ResponseComplete.
+            return [json.loads(line) for line in f if line.strip()]

@@ -29,6 +29,8 @@ from ..support import (
     FULLNAME,
     OPERATOR_USER,
     RELEASE_NAMESPACE,
+    WRITES,
+    Audit,
     Kube,
     OperatorProcess,
     lease_env,
@@ -39,27 +41,9 @@ from .conftest import OPERATOR_ENV
 
 pytestmark = pytest.mark.integration
 
-WRITES = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 CREDENTIAL_ID = "authentication.kubernetes.io/credential-id"
 # Generous: the defaults take over in about 10 s; the machine may be busy.
 TAKEOVER_TIMEOUT = 60
-
-
-class Audit:
-    """The API server's audit log (<cluster>/audit.log) from a mark on."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.offset = 0
-
-    def mark(self) -> None:
-        self.offset = self.path.stat().st_size
-
-    def since_mark(self) -> list[dict[str, Any]]:
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            # Stages ResponseStarted (a watch begins) and ResponseComplete.
-            return [json.loads(line) for line in f if line.strip()]
 
 
 def credential(entry: dict[str, Any]) -> str:
