@@ -122,16 +122,17 @@ def decide(k: Known) -> list[Action]:
     return []
 
 
-def start(k: Known, docker_host: str, class_name: str, start_time: str) -> SetStatus:
+def start(t: builders.Target, start_time: str) -> SetStatus:
+    """Admitted: Provisioning, with what the user may want to know at once."""
     return SetStatus(
         "Provisioning",
         st.PROVISIONING,
-        f"creating namespace {k.job_namespace} and the engine",
+        f"creating namespace {t.job_namespace} and the engine",
         {
             "startTime": start_time,
-            "namespace": k.job_namespace,
-            "engineClass": class_name,
-            "engine": {"endpoint": docker_host, "ready": False},
+            "namespace": t.job_namespace,
+            "engineClass": t.engine.class_name,
+            "engine": {"endpoint": t.docker_host, "ready": False},
         },
     )
 

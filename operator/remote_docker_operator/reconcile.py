@@ -248,15 +248,7 @@ class Reconciler:
             if waiting is not None:
                 self._set(state, decide.SetStatus("Pending", st.QUEUED, waiting))
                 return
-            self._set(
-                state,
-                decide.start(
-                    self._known(state),
-                    t.docker_host,
-                    t.engine.class_name,
-                    st.timestamp(self.clock()),
-                ),
-            )
+            self._set(state, decide.start(t, st.timestamp(self.clock())))
             # Children are made only after Provisioning is written, so none exist yet: no
             # reads before creating them (a create that meets one anyway, 409, reads then).
             state.started_here = True

@@ -168,3 +168,15 @@ def test_event_names_its_buildjob() -> None:
     assert event["involvedObject"]["uid"] == "u1"
     assert (event["type"], event["reason"]) == ("Warning", "JobFailed")
     assert len(event["message"]) == 1024
+
+
+def test_start_records_where_the_engine_will_be() -> None:
+    t = make_target()
+    change = decide.start(t, "2026-01-01T00:00:00Z")
+    assert (change.phase, change.reason) == ("Provisioning", st.PROVISIONING)
+    assert change.fields == {
+        "startTime": "2026-01-01T00:00:00Z",
+        "namespace": t.job_namespace,
+        "engineClass": t.engine.class_name,
+        "engine": {"endpoint": t.docker_host, "ready": False},
+    }
