@@ -152,13 +152,17 @@ class Kube:
             if e.status != 409:
                 raise
 
-    def create_buildjob(self, namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
-        body = {
-            "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": spec,
-        }
+    def create_buildjob(
+        self,
+        namespace: str,
+        name: str,
+        spec: dict[str, Any],
+        finalizers: list[str] | None = None,
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {"name": name, "namespace": namespace}
+        if finalizers:
+            meta["finalizers"] = finalizers
+        body = {"apiVersion": names.API_VERSION, "kind": names.KIND, "metadata": meta, "spec": spec}
         result: dict[str, Any] = self.custom.create_namespaced_custom_object(
             names.GROUP, names.VERSION, namespace, names.PLURAL, body
         )

@@ -9,6 +9,7 @@ client never stalls the event loop.
 import asyncio
 import concurrent.futures
 import contextvars
+import itertools
 import logging
 from typing import Any, cast
 
@@ -24,6 +25,9 @@ from .reconcile import EventSink, Reconciler, Requeue
 logger = logging.getLogger(__name__)
 SETTINGS = get_settings()
 WORKERS = 16
+# Every so many resync ticks, Reconciler.sweep: deletion events lost in a watch gap leave a
+# namespace (and a remembered BuildJob) behind; every few minutes at the default resync.
+SWEEP_EVERY = 10
 
 
 def reconciler(memo: kopf.Memo) -> Reconciler:
@@ -64,19 +68,6 @@ def event_poster(kube: Kube) -> EventSink:
     return post
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """No diff-base: kopf would keep the last handled spec in an annotation (one more patch per
-    BuildJob) only to tell creations and updates apart, and no handler here reacts to those;
-    the BuildJob's own events and the timer drive the reconciler. kopf sees each event as a
-    creation with no handler to run, and stores nothing."""
-
-    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
-        pass
-
-
 # kopf's API session, with a bounded connection pool (kopfclient.py says why).
 kopf.on.login()(kopfclient.login)
 
@@ -85,18 +76,19 @@ kopf.on.login()(kopfclient.login)
 async def startup(
     settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
-    settings.persistence.finalizer = names.FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-    settings.persistence.diffbase_storage = NoDiffBase()
+    # No finalizer, progress annotations or diff-base: only event handlers are registered
+    # (a change handler, on.delete included, would cost a finalizer patch, a diff-base copy of
+    # every body and one more round trip before a BuildJob starts). The deletion event brings
+    # a job namespace down; Reconciler.sweep covers a missed one.
     # Events come from phase transitions; kopf's per-log-line events would flood the BuildJob.
     settings.posting.level = logging.WARNING
     # Only our own pods, filtered by the API server rather than in this process.
     settings.watching.label_selectors["v1", "pods"] = f"{names.LABEL_MANAGED_BY}={names.APP}"
     # Reconciles mostly wait on the API server; more threads than cores keeps throughput up.
     settings.execution.max_workers = WORKERS
-    # The one place that decides peering: standalone, since exactly one operator runs (the
-    # chart's Deployment has one replica and the Recreate strategy). kopf applies this before it
-    # would start peering, which waits for the startup handlers.
+    # The one place that decides peering: standalone, since only the replica holding the
+    # leader Lease runs kopf at all (leader.py). kopf applies this before it would start
+    # peering, which waits for the startup handlers.
     settings.peering.standalone = True
     # The CRD is installed before the operator (Helm's crds/); watching every CRD in the
     # cluster for new resources would only cost an RBAC rule.
@@ -122,19 +114,23 @@ def _load(rec: Reconciler, logger: kopf.Logger) -> None:
     # seen yet.
     for body in rec.kube.list(names.CLASS_KIND):
         rec.classes[body["metadata"]["name"]] = body
-    managed = rec.load_namespaces()
+    rec.load_namespaces()
     for body in rec.kube.list(names.KIND):
         rec.observe(body)
-    for namespace in rec.sweep_orphans(managed):
+    sweep(rec, logger)
+
+
+def sweep(rec: Reconciler, logger: logging.Logger | kopf.Logger) -> None:
+    for namespace in rec.sweep():
         logger.info("Deleted orphaned namespace %s", namespace)
 
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
 def buildjob_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     rec = reconciler(memo)
-    if type == "DELETED":
-        rec.forget(body.metadata.uid or "")
-        rec.start_queued()
+    if type == "DELETED" or body.metadata.deletion_timestamp:
+        # Going: another finalizer may hold it a while (or an earlier version's, released here).
+        rec.delete(dict(body))
         return
     state = rec.observe(dict(body))
     # New (or newly listed) BuildJobs, and those not started yet. Later updates are our own
@@ -162,12 +158,20 @@ async def resync_forever(
     rec: Reconciler, interval: float, executor: concurrent.futures.Executor
 ) -> None:
     """Every unfinished BuildJob, every `interval` seconds (Reconciler.resync), WORKERS at a
-    time in kopf's thread pool. One loop for all rather than a kopf timer per BuildJob: each
-    timer keeps its own copy of the BuildJob's body and a task for as long as the BuildJob
-    exists, thousands of them while finished BuildJobs wait for their TTL."""
+    time in kopf's thread pool, and the orphan sweep every SWEEP_EVERY ticks. One loop for all
+    rather than a kopf timer per BuildJob: each timer keeps its own copy of the BuildJob's body
+    and a task for as long as the BuildJob exists, thousands of them while finished BuildJobs
+    wait for their TTL."""
     loop = asyncio.get_running_loop()
-    while True:
+    for tick in itertools.count(1):
         await asyncio.sleep(interval)
+        if tick % SWEEP_EVERY == 0:
+            try:
+                await loop.run_in_executor(
+                    executor, contextvars.copy_context().run, sweep, rec, logger
+                )
+            except ApiException:
+                logger.exception("Orphan sweep failed (tried again in %d ticks)", SWEEP_EVERY)
         due = rec.due_for_resync()
         for start in range(0, len(due), WORKERS):
             batch = due[start : start + WORKERS]
@@ -192,8 +196,3 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     task = memo.get("resync")
     if task is not None:
         task.cancel()
-
-
-@kopf.on.delete(names.GROUP, names.VERSION, names.PLURAL)
-def delete(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    reconciler(memo).delete(dict(body))

@@ -28,7 +28,6 @@ class JobState:
     job_namespace: str
     # The BuildJob with its class resolved; set when it is admitted, or found running.
     target: Target | None = None
-    has_finalizer: bool = False
     deleting: bool = False
     gone: bool = False
     admitted: bool = False

@@ -1,4 +1,4 @@
-"""kopf's own API client (watches, its finalizer and annotation patches, Events): the session
+"""kopf's own API client (its watches and Events): the session
 kopf would make, with a bounded connection pool.
 
 kopf's default session has an unlimited pool (`TCPConnector(limit=0)`): a burst of BuildJobs

@@ -150,6 +150,30 @@ class Kube:
         logger.info("Deleted %s %s", kind.lower(), f"{namespace}/{name}" if namespace else name)
         return True
 
+    def remove_finalizer(self, kind: str, meta: Obj, finalizer: str) -> None:
+        """Takes one finalizer off, if the object still has the finalizers read (a JSON patch
+        whose test fails, 422, means someone else changed them: the next event brings the
+        newer list); gone already is fine."""
+        finalizers = meta.get("finalizers") or []
+        patch = [
+            {"op": "test", "path": "/metadata/finalizers", "value": finalizers},
+            {
+                "op": "replace",
+                "path": "/metadata/finalizers",
+                "value": [f for f in finalizers if f != finalizer],
+            },
+        ]
+        try:
+            self.request(
+                "PATCH",
+                path(kind, meta.get("namespace"), meta["name"]),
+                patch,  # type: ignore[arg-type]
+                content_type="application/json-patch+json",
+            )
+        except ApiException as e:
+            if e.status not in (404, 422):
+                raise
+
     def list(self, kind: str, label_selector: str | None = None) -> list[Obj]:
         query = [("labelSelector", label_selector)] if label_selector else None
         items: list[Obj] = self.request("GET", path(kind), query=query)["items"]

@@ -51,7 +51,7 @@ API_REQUESTS = Counter(
     "Requests the operator's reconciler made to the Kubernetes API server, by HTTP verb and "
     "final response code (code=error: no response). urllib3's own retries (a 429 or 503 with "
     "Retry-After) within one request are not seen; the operator's retries of a 429 count each. "
-    "Not counted: kopf's own requests (its watches, finalizer patches and Events).",
+    "Not counted: kopf's own requests (its watches and Events).",
     ["verb", "code"],
 )
 

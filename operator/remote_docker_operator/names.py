@@ -19,8 +19,10 @@ CLASS_SHORT_NAMES = ("ec",)
 # The class a BuildJob gets when it names none, marked as StorageClass marks its default.
 ANNOTATION_DEFAULT_CLASS = "engineclass.remotedocker.dev/is-default-class"
 
-# Kopf adds this to every BuildJob and removes it once the per-job namespace is deleted.
-FINALIZER = f"{GROUP}/cleanup"
+# Earlier builds of the operator put this finalizer on every BuildJob; this one releases it
+# when such a BuildJob is deleted. It writes none: a BuildJob's deletion event (or, when that
+# was missed, the orphan sweep) brings its namespace down.
+LEGACY_FINALIZER = f"{GROUP}/cleanup"
 
 APP = "remote-docker-operator"
 

@@ -92,7 +92,6 @@ class Reconciler:
                 )
                 self.jobs[uid] = state
         # Our own status writes are newer than any body but the first, so only flags update.
-        state.has_finalizer = names.FINALIZER in (meta.get("finalizers") or [])
         state.deleting = state.deleting or bool(meta.get("deletionTimestamp"))
         return state
 
@@ -166,6 +165,7 @@ class Reconciler:
     def forget(self, uid: str) -> None:
         with self._jobs_lock:
             self.jobs.pop(uid, None)
+            self.namespaces.pop(uid, None)
 
     # -- the reconcile loop -------------------------------------------------------------------
 
@@ -238,8 +238,6 @@ class Reconciler:
             return
         if state.invalid or state.spec is None:
             raise InvalidSpec(state.invalid or "spec: missing")
-        if not state.has_finalizer:
-            return  # kopf adds the finalizer first; that update brings us back
         if state.target is None:
             state.target = self._resolve(state, state.spec)
         t = state.target
@@ -581,13 +579,33 @@ class Reconciler:
     # -- deletion and the orphan sweep --------------------------------------------------------
 
     def delete(self, body: Obj) -> None:
-        """The BuildJob is being deleted: remove its namespace (with everything in it)."""
+        """The BuildJob is gone or going: remove its namespace (with everything in it), and
+        release the finalizer an earlier operator version put on it."""
         state = self.observe(body)
         with state.lock:
             state.deleting = True
             self._delete(state, "Namespace")
+            meta = body["metadata"]
+            if names.LEGACY_FINALIZER in (meta.get("finalizers") or []):
+                self.kube.remove_finalizer(names.KIND, meta, names.LEGACY_FINALIZER)
         self.forget(state.uid)
         self.start_queued()
+
+    def sweep(self) -> list[str]:
+        """What a missed deletion event would leave: forgets BuildJobs that are gone, deletes
+        their job namespaces and finishes deletions still held by the legacy finalizer;
+        returns the namespaces deleted. (Also what start-up runs, for deletions while no
+        operator ran.)"""
+        listed_after = next(self._seen)
+        found = self.kube.list(names.KIND)
+        live = {bj["metadata"]["uid"] for bj in found}
+        for state in list(self.jobs.values()):
+            if state.seen < listed_after and state.uid not in live:
+                self.forget(state.uid)
+        for bj in found:
+            if bj["metadata"].get("deletionTimestamp"):
+                self.delete(bj)
+        return self.sweep_orphans(self.load_namespaces(), live)
 
     def load_namespaces(self) -> list[Obj]:
         """Learns which job namespace each BuildJob has (they outlive a change of prefix), from
@@ -600,12 +618,10 @@ class Reconciler:
                 self.namespaces[owner] = ns["metadata"]["name"]  # the current prefix's wins
         return found
 
-    def sweep_orphans(self, managed: list[Obj]) -> list[str]:
-        """Deletes job namespaces whose BuildJob no longer exists (e.g. deleted while the
-        operator was down and its finalizer removed by hand). A namespace counts only when its
-        name has the prefix and ends in the hash of the uid its labels name: a label alone is
-        anyone's to put on their own namespace."""
-        live = {bj["metadata"]["uid"] for bj in self.kube.list(names.KIND)}
+    def sweep_orphans(self, managed: list[Obj], live: set[str]) -> list[str]:
+        """Deletes job namespaces whose BuildJob (uid) is not among `live`. A namespace counts
+        only when its name has the prefix and ends in the hash of the uid its labels name: a
+        label alone is anyone's to put on their own namespace."""
         deleted = []
         for ns in managed:
             meta = ns["metadata"]
@@ -619,6 +635,7 @@ class Reconciler:
                 continue
             if self.kube.delete("Namespace", None, meta["name"], meta["uid"]):
                 deleted.append(meta["name"])
+            self.namespaces.pop(owner, None)
         return deleted
 
 

@@ -12,15 +12,11 @@ restart or log an error, must not write to a finished BuildJob except in the des
 below, and must go quiet once nothing is due. test_admission checks admission alone, at
 volume, with dry runs.
 
-Writes to a finished BuildJob that are by design (each at most once per BuildJob):
-- kopf's finalizer (only if the operator failed the BuildJob before kopf added it: kopf adds
-  it after the `buildjob_event` handler returns, and that handler may already have failed the
-  BuildJob, a missing Secret, a pod the API server refuses), and the `<group>/kopf-managed`
-  marker beside kopf's progress annotations.
-- `status.cleanedUp: true`, once `ttlSecondsAfterFinished` has passed since `completionTime`
-  (reconcile._finish deletes the job namespace, then writes it).
-kopf's diff-base annotation (`<group>/last-handled-configuration`) is not written at all: the
-operator keeps no diff-base (handlers.NoDiffBase), so any write of it fails the check.
+The one write to a finished BuildJob that is by design (at most once per BuildJob):
+`status.cleanedUp: true`, once `ttlSecondsAfterFinished` has passed since `completionTime`
+(reconcile._finish deletes the job namespace, then writes it). Nothing else of kopf's is
+written at all (no finalizer, progress or diff-base annotations: handlers.py registers event
+handlers only), so any such write fails the check.
 """
 
 import calendar
@@ -64,7 +60,6 @@ DEFAULT_TTL = int(OPERATOR_ENV["RDO_DEFAULT_TTL_SECONDS"])
 SHORT_TTL = 3
 QUIET_SECONDS = 5 * RESYNC
 
-KOPF_MANAGED = f"{names.GROUP}/kopf-managed"
 
 # What a generated spec is expected to do.
 VALID = "valid"  # admitted; Succeeded, or Failed/JobFailed with the job's non-zero exit code
@@ -695,18 +690,10 @@ def _late_write(prev: dict[str, Any], cur: dict[str, Any], at: float) -> tuple[l
 
     pm, cm = prev["metadata"], cur["metadata"]
     if pm.get("finalizers") != cm.get("finalizers"):
-        if not pm.get("finalizers") and cm.get("finalizers") == [names.FINALIZER]:
-            allowed.append("finalizer")
-        else:
-            other.append(f"finalizers: {pm.get('finalizers')} -> {cm.get('finalizers')}")
+        other.append(f"finalizers: {pm.get('finalizers')} -> {cm.get('finalizers')}")
     pa, ca = pm.get("annotations") or {}, cm.get("annotations") or {}
     for key in sorted(pa.keys() | ca.keys()):
-        if pa.get(key) == ca.get(key):
-            continue
-        added_marker = key == KOPF_MANAGED and key not in pa and ca[key] == "yes"
-        if added_marker:
-            allowed.append(key)
-        else:
+        if pa.get(key) != ca.get(key):
             other.append(f"annotation {key}: {pa.get(key)!r} -> {ca.get(key)!r}")
     ignored = {"annotations", "finalizers", "resourceVersion", "managedFields"}
     for key in sorted((pm.keys() | cm.keys()) - ignored):
@@ -770,17 +757,17 @@ def _errors(lines: list[str]) -> list[str]:
 
 def _settled(kube: Kube, recorder: Recorder, ns: str, name: str) -> bool:
     """Nothing more is due for the BuildJob: a short TTL has expired and its job namespace is
-    gone (with its pods, whose events the operator hears), kopf's finalizer is written, and
-    nothing has written the BuildJob for a resync period (a loop would never let this hold, or
-    be caught in the quiet window)."""
+    gone (with its pods, whose events the operator hears), and nothing has written the
+    BuildJob for a resync period (a loop would never let this hold, or be caught in the quiet
+    window)."""
     bj = kube.get_buildjob(ns, name) or {}
-    status, meta = bj.get("status") or {}, bj.get("metadata") or {}
+    status = bj.get("status") or {}
     job_ns = str(status.get("namespace") or "")
     expired = bool(job_ns) and _ttl(bj) <= SHORT_TTL
     if expired and (not status.get("cleanedUp") or kube.namespace_exists(job_ns)):
         return False
     last = max(s.at for s in list(recorder.seen) if s.obj["metadata"]["name"] == name)
-    return bool(names.FINALIZER in (meta.get("finalizers") or []) and time.time() - last >= RESYNC)
+    return time.time() - last >= RESYNC
 
 
 def check_quiet(kube: Kube, operator: OperatorProcess, recorder: Recorder, ns: str) -> None:
@@ -1007,5 +994,5 @@ def test_generated_specs(kube: Kube, operator: OperatorProcess, ns: str) -> None
     wait_for(
         lambda: all(kube.get_buildjob(ns, n) is None for n in created),
         timeout=60,
-        what="fuzzed BuildJobs deleted (finalizers released)",
+        what="fuzzed BuildJobs deleted",
     )

@@ -89,14 +89,55 @@ def test_stopped_while_buildjobs_come_and_go(
 ) -> None:
     operator = restore_operator
     kube.create_buildjob(ns, "before", finishing(0, ttlSecondsAfterFinished=600))
-    kube.wait_phase(ns, "before", "Succeeded")
+    job_ns = kube.wait_phase(ns, "before", "Succeeded")["namespace"]
     operator.stop()
     kube.create_buildjob(ns, "while-down", finishing(0))
-    kube.delete_buildjob(ns, "before")  # the finalizer holds it until the operator returns
-    assert kube.get_buildjob(ns, "before") is not None
+    kube.delete_buildjob(ns, "before")
+    # No finalizer holds it: gone at once, its namespace left until an operator runs again.
+    wait_for(lambda: kube.get_buildjob(ns, "before") is None, what="deleted BuildJob gone")
+    assert kube.namespace_exists(job_ns)
     operator.start()
     kube.wait_phase(ns, "while-down", "Succeeded")
-    wait_for(lambda: kube.get_buildjob(ns, "before") is None, what="deleted BuildJob gone")
+    wait_for(lambda: not kube.namespace_exists(job_ns), what="its namespace swept at start")
+
+
+def test_deletion_missed_while_running_is_swept(
+    kube: Kube, restore_operator: OperatorProcess, ns: str
+) -> None:
+    """A namespace whose BuildJob is gone, appearing while the operator runs (as a deletion
+    event lost in a watch gap leaves one): the periodic sweep deletes it, no restart needed.
+    Beside it, a live BuildJob's namespace stays."""
+    kube.create_buildjob(ns, "kept", finishing(0, ttlSecondsAfterFinished=600))
+    kept = kube.wait_phase(ns, "kept", "Succeeded")["namespace"]
+    owner = "00000000-0000-0000-0000-000000000001"
+    orphan = names.job_namespace("bj-", owner)
+    kube.core.create_namespace(
+        {
+            "metadata": {
+                "name": orphan,
+                "labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: owner},
+            }
+        }
+    )
+    pid = restore_operator.proc.pid if restore_operator.proc else None
+    wait_for(lambda: not kube.namespace_exists(orphan), timeout=90, what="orphan swept")
+    assert restore_operator.proc is not None
+    assert restore_operator.proc.pid == pid, "the operator restarted: not the periodic sweep"
+    assert kube.namespace_exists(kept)
+
+
+def test_legacy_finalizer_released_on_deletion(kube: Kube, ns: str) -> None:
+    """BuildJobs made by an operator before 0.4 carry its finalizer: this one takes it off once
+    the namespace is deleted, or they would never go."""
+    body = finishing(0, ttlSecondsAfterFinished=600)
+    kube.create_buildjob(ns, "legacy", body, finalizers=[names.LEGACY_FINALIZER])
+    job_ns = kube.wait_phase(ns, "legacy", "Succeeded")["namespace"]
+    bj = kube.get_buildjob(ns, "legacy")
+    assert bj is not None
+    assert bj["metadata"]["finalizers"] == [names.LEGACY_FINALIZER]
+    kube.delete_buildjob(ns, "legacy")
+    wait_for(lambda: kube.get_buildjob(ns, "legacy") is None, what="legacy BuildJob gone")
+    wait_for(lambda: not kube.namespace_exists(job_ns), what="its namespace deleted")
 
 
 def test_orphan_sweep(kube: Kube, restore_operator: OperatorProcess) -> None:

@@ -4,7 +4,7 @@ a real API server in tests/integration.)"""
 import asyncio
 import concurrent.futures
 import contextvars
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import kopf
 
@@ -30,7 +30,6 @@ def body(uid: str, created: str, phase: str | None = None, **spec: Any) -> dict[
             "uid": uid,
             "creationTimestamp": created,
             "generation": 1,
-            "finalizers": [names.FINALIZER],
         },
         "spec": spec or {"job": {"image": "a"}},
         "status": {"phase": phase} if phase else {},
@@ -220,3 +219,75 @@ def test_pod_essence_decides_as_the_whole_pod_does() -> None:
     assert pods.init_failed(small, names.WAIT_CONTAINER) == pods.init_failed(
         pod, names.WAIT_CONTAINER
     )
+
+
+class Listed:
+    """Just enough of Kube for Reconciler.sweep: BuildJobs and namespaces in memory, and what
+    was deleted or patched."""
+
+    def __init__(self, buildjobs: list[dict[str, Any]], namespaces: list[dict[str, Any]]) -> None:
+        self.buildjobs, self.namespaces = buildjobs, namespaces
+        self.deleted: list[str] = []
+        self.released: list[str] = []
+
+    def list(self, kind: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        return self.buildjobs if kind == names.KIND else self.namespaces
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return next((n for n in self.namespaces if n["metadata"]["name"] == name), None)
+
+    def delete(self, kind: str, namespace: str | None, name: str, uid: str, *_: Any) -> bool:
+        self.deleted.append(name)
+        return True
+
+    def remove_finalizer(self, kind: str, meta: dict[str, Any], finalizer: str) -> None:
+        self.released.append(f"{meta['name']}:{finalizer}")
+
+
+def job_ns(uid: str) -> dict[str, Any]:
+    return {
+        "kind": "Namespace",
+        "metadata": {
+            "name": names.job_namespace("bj-", uid),
+            "uid": f"ns-{uid}",
+            "creationTimestamp": "2026-01-01T00:00:09Z",
+            "labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: uid},
+        },
+    }
+
+
+def test_sweep_forgets_the_gone_and_deletes_what_they_left() -> None:
+    live, gone = body("live", "2026-01-01T00:00:01Z"), body("gone", "2026-01-01T00:00:02Z")
+    going = body("going", "2026-01-01T00:00:03Z")
+    going["metadata"]["deletionTimestamp"] = "2026-01-01T00:01:00Z"
+    going["metadata"]["finalizers"] = [names.LEGACY_FINALIZER]
+    api = Listed([live, going], [job_ns("live"), job_ns("gone"), job_ns("going")])
+    rec = Reconciler(cast(Kube, api), Settings(), lambda *_: None, lambda *_: None)
+    for b in (live, gone, going):
+        rec.observe(b)
+
+    rec.sweep()
+
+    assert set(rec.jobs) == {"live"}  # "gone" vanished unseen; "going" is being deleted
+    assert sorted(api.deleted) == sorted(
+        [names.job_namespace("bj-", "gone"), names.job_namespace("bj-", "going")]
+    )
+    assert api.released == [f"bj-going:{names.LEGACY_FINALIZER}"]
+
+
+def test_sweep_keeps_a_buildjob_first_seen_after_its_list() -> None:
+    """Seen after the list was asked for, a BuildJob missing from it is newer than the list,
+    not gone."""
+    api = Listed([], [])
+    rec = Reconciler(cast(Kube, api), Settings(), lambda *_: None, lambda *_: None)
+    original = api.list
+
+    def list_then_create(kind: str, label_selector: str | None = None) -> list[dict[str, Any]]:
+        if kind == names.KIND:
+            rec.observe(body("new", "2026-01-01T00:00:05Z"))  # its ADDED event, meanwhile
+        return original(kind, label_selector)
+
+    api.list = list_then_create  # type: ignore[method-assign]
+    rec.sweep()
+    assert set(rec.jobs) == {"new"}
+    assert api.deleted == []
