@@ -88,7 +88,15 @@ JOB_PACKAGES = ("docker-compose", "git", "curl", "wget", "ca-certificates")
 BUSYBOX_IN_JOB = "images/busybox.tar"  # a docker-archive of the busybox image, in the job image
 # The operator image: Debian's Python (python-is-python3: the chart runs `python`), and the
 # project with its dependencies in OPERATOR_APP_DIR (on PYTHONPATH), a layer of its own.
-OPERATOR_PACKAGES = ("python3", "python-is-python3", "ca-certificates")
+OPERATOR_PACKAGES = ("python3", "python-is-python3", "ca-certificates", "libjemalloc2")
+# The operator allocates through jemalloc, with CPython's own small-object allocator off so that
+# every allocation does: after a burst of watch events (tens of MiB of decoded JSON at once)
+# jemalloc hands freed pages back to the system, where pymalloc's arenas and glibc's heap stay
+# at the peak's size, pinned by the few long-lived objects allocated among them. Scale bench,
+# 1,000 BuildJobs, RSS once the operator has caught up: pymalloc 323 MiB, glibc malloc with
+# malloc_trim every 20 s 252 MiB, jemalloc 219 MiB.
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+OPERATOR_ALLOCATOR_ENV = (f"LD_PRELOAD={JEMALLOC}", "PYTHONMALLOC=malloc")
 OPERATOR_APP_DIR = "opt/app"
 OPERATOR_USER = 65532  # "nonroot", as in distroless images; the chart runs the operator as it
 # What the operator's wheel is built from (relative to the checkout): a change to any of these
@@ -1214,6 +1222,7 @@ def plan_operator(checkout: Path = REPO_ROOT) -> ImagePlan:
             f"PYTHONPATH=/{OPERATOR_APP_DIR}",
             "PYTHONUNBUFFERED=1",
             "PYTHONDONTWRITEBYTECODE=1",
+            *OPERATOR_ALLOCATOR_ENV,
         ),
         user=f"{OPERATOR_USER}:{OPERATOR_USER}",
         working_dir="/",

@@ -104,6 +104,12 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
         )
         raise AssertionError(tested.stdout + tested.stderr + logs.stdout + logs.stderr)
     assert "Phase:          Succeeded" in tested.stdout
+    # The image's allocator is in the running operator (a preload that fails is only a warning).
+    maps = cluster.kubectl(
+        "exec", "-n", NAMESPACE, "deploy/rdo-remote-docker-operator", "--", "cat", "/proc/1/maps"
+    ).stdout
+    assert "libjemalloc.so.2" in maps
+    assert "libpython3" in maps or "python3" in maps  # the maps of the operator's python
 
     kube.create_namespace("helm-e2e")
     spec = {

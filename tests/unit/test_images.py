@@ -203,6 +203,9 @@ def test_operator_image_is_tagged_with_the_project_version() -> None:
     )
     # the chart runs `python -m remote_docker_operator` and `python -c` (helm test)
     assert "python-is-python3" in build.OPERATOR_PACKAGES
+    # jemalloc, preloaded, from the Debian package that ships it
+    assert "libjemalloc2" in build.OPERATOR_PACKAGES
+    assert {f"LD_PRELOAD={build.JEMALLOC}", "PYTHONMALLOC=malloc"} <= set(config["Env"])
 
 
 def test_operator_sources_are_the_package_and_its_metadata() -> None:
