@@ -596,6 +596,9 @@ class Reconciler:
         their job namespaces and finishes deletions still held by the legacy finalizer;
         returns the namespaces deleted. (Also what start-up runs, for deletions while no
         operator ran.)"""
+        # Namespaces first: each one listed was made for a BuildJob that existed before it,
+        # so is in the later list unless gone. The other order deletes new jobs' namespaces.
+        managed = self.load_namespaces()
         listed_after = next(self._seen)
         found = self.kube.list(names.KIND)
         live = {bj["metadata"]["uid"] for bj in found}
@@ -605,7 +608,7 @@ class Reconciler:
         for bj in found:
             if bj["metadata"].get("deletionTimestamp"):
                 self.delete(bj)
-        return self.sweep_orphans(self.load_namespaces(), live)
+        return self.sweep_orphans(managed, live)
 
     def load_namespaces(self) -> list[Obj]:
         """Learns which job namespace each BuildJob has (they outlive a change of prefix), from

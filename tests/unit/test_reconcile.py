@@ -291,3 +291,25 @@ def test_sweep_keeps_a_buildjob_first_seen_after_its_list() -> None:
     rec.sweep()
     assert set(rec.jobs) == {"new"}
     assert api.deleted == []
+
+
+def test_sweep_keeps_the_namespace_of_a_buildjob_created_between_its_lists() -> None:
+    """A BuildJob and its namespace made while the sweep lists: the namespaces are listed
+    first, so every namespace listed has its BuildJob in the later list (deleting it would
+    fail a running job: seen in the helm test while the sweep listed BuildJobs first)."""
+    api = Listed([], [])
+    rec = Reconciler(cast(Kube, api), Settings(), lambda *_: None, lambda *_: None)
+    original = api.list
+
+    def world_moves_after_first_list(
+        kind: str, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
+        answer = list(original(kind, label_selector))
+        if not api.buildjobs:
+            api.buildjobs.append(body("new", "2026-01-01T00:00:05Z"))
+            api.namespaces.append(job_ns("new"))
+        return answer
+
+    api.list = world_moves_after_first_list  # type: ignore[method-assign]
+    assert rec.sweep() == []
+    assert api.deleted == []
