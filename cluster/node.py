@@ -15,6 +15,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tarfile
 import time
 from pathlib import Path
 from typing import Protocol
@@ -216,10 +217,14 @@ state = "{self.dir / "containerd-state"}"
         return sh("ctr", "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
 
     def import_images(self, images: dict[str, Path]) -> None:
-        """Imports each {ref: archive} whose ref containerd does not hold yet."""
-        present = set(self.ctr("images", "ls", "-q").stdout.split())
+        """Imports each {ref: archive} unless containerd holds that ref at the archive's
+        manifest: a ref alone would keep running an image built before the last change."""
+        held = {}
+        for line in self.ctr("images", "ls").stdout.splitlines()[1:]:
+            ref, _, digest, *_ = line.split()
+            held[ref] = digest
         for ref, archive in images.items():
-            if ref not in present:
+            if held.get(ref) != archive_manifest(archive):
                 self.ctr("images", "import", "--no-unpack", str(archive))
 
     def stop_containers(self) -> None:
@@ -392,3 +397,11 @@ state = "{self.dir / "containerd-state"}"
 
     def wipe(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def archive_manifest(archive: Path) -> str:
+    """The manifest digest an OCI image archive's index names (what `ctr images ls` shows)."""
+    with tarfile.open(archive) as tar:
+        index = tar.extractfile("index.json")
+        manifests = json.load(index)["manifests"] if index else []
+    return str(manifests[0]["digest"]) if manifests else ""
