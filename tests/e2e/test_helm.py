@@ -4,6 +4,7 @@ a BuildJob, an upgrade whose new setting takes effect, and an uninstall that lea
 
 import json
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,9 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
     assert "libjemalloc.so.2" in maps
     assert "libpython3" in maps or "python3" in maps  # the maps of the operator's python
 
-    kube.create_namespace("helm-e2e")
+    # Its own name each run: a run that failed half way leaves its BuildJobs in the tier's etcd.
+    tenant = f"helm-e2e-{uuid.uuid4().hex[:8]}"
+    kube.create_namespace(tenant)
     spec = {
         "job": {
             "image": JOB_IMAGE,
@@ -122,12 +125,13 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
             ],
         }
     }
-    kube.create_buildjob("helm-e2e", "first", spec)
-    first = kube.wait_phase("helm-e2e", "first", "Succeeded", "Failed", timeout=300)
+    kube.create_buildjob(tenant, "first", spec)
+    first = kube.wait_phase(tenant, "first", "Succeeded", "Failed", timeout=300)
     assert first["phase"] == "Succeeded", first
     assert first["namespace"].startswith("bj-")
 
     # An upgrade rolls the operator, and the new setting takes effect.
+    before = operator_pods(cluster)
     helm(
         "upgrade",
         RELEASE,
@@ -142,15 +146,18 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
         "180s",
     )
     cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment", "--timeout=120s")
-    kube.create_buildjob("helm-e2e", "second", spec)
-    second = kube.wait_phase("helm-e2e", "second", "Succeeded", "Failed", timeout=300)
+    # The rollout is "complete" while an old pod is still stopping, and the old leader holds the
+    # Lease until it has stopped: a BuildJob made then may still be the old settings' to make.
+    cluster.kubectl("-n", NAMESPACE, "wait", "--for=delete", "--timeout=120s", *before)
+    kube.create_buildjob(tenant, "second", spec)
+    second = kube.wait_phase(tenant, "second", "Succeeded", "Failed", timeout=300)
     assert second["phase"] == "Succeeded", second
     assert second["namespace"].startswith("up-")
 
     for name in ("first", "second"):
-        kube.delete_buildjob("helm-e2e", name)
+        kube.delete_buildjob(tenant, name)
         wait_for(
-            lambda n=name: kube.get_buildjob("helm-e2e", n) is None,
+            lambda n=name: kube.get_buildjob(tenant, n) is None,
             timeout=60,
             what=f"BuildJob {name} deleted by the chart's operator",
         )
@@ -172,4 +179,19 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
     assert all(not objects for objects in chart_objects(cluster).values())
     for crd in ("buildjobs.remotedocker.dev", "engineclasses.remotedocker.dev"):
         assert cluster.kubectl("get", "crd", crd).returncode == 0
-    kube.core.delete_namespace("helm-e2e")
+    kube.core.delete_namespace(tenant)
+
+
+def operator_pods(cluster: Any) -> list[str]:
+    """pod/NAME of each operator pod of the release, as kubectl takes them."""
+    out = cluster.kubectl(
+        "-n",
+        NAMESPACE,
+        "get",
+        "pods",
+        "-o",
+        "name",
+        "-l",
+        "app.kubernetes.io/name=remote-docker-operator,app.kubernetes.io/component!=test",
+    ).stdout
+    return out.split()
