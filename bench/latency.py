@@ -35,7 +35,7 @@ from tests.support import OperatorProcess, engine_class, uninstall_make_up
 
 from remote_docker_operator import names
 
-ENGINE_IMAGE = "rdo.local/dind:20.10"
+ENGINE_IMAGE = "rdo.local/dind:26.1"
 JOB_IMAGE = "rdo.local/job:1"
 BUSYBOX = "rdo.local/busybox:1.36"
 ENV: dict[str, str] = {}

@@ -23,7 +23,7 @@ step "Operator: the Helm chart, with the operator image built here"
 "$RDO_CACHE/bin/helm" --kubeconfig "$KUBECONFIG" upgrade --install remote-docker-operator \
   charts/remote-docker-operator -n remote-docker-operator --create-namespace \
   --set image.repository=rdo.local/remote-docker-operator --set image.pullPolicy=Never \
-  --set engineClass.spec.image=rdo.local/dind:20.10 \
+  --set engineClass.spec.image=rdo.local/dind:26.1 \
   --set engineClass.spec.versionedImage.repository=rdo.local/dind \
   --set engineClass.spec.versionedImage.tagSuffix= \
   --set test.jobImage=rdo.local/job:1 --wait --timeout 180s

@@ -70,21 +70,30 @@ def project_version(root: Path = REPO_ROOT) -> str:
 IMAGES: dict[str, str] = {
     "pause": "rdo.local/pause:3.10",
     "busybox": "rdo.local/busybox:1.36",
-    "dind": "rdo.local/dind:20.10",
+    "dind": "rdo.local/dind:26.1",
     "job": "rdo.local/job:1",
     "coredns": "rdo.local/coredns:1.14.7",
     "operator": f"rdo.local/remote-docker-operator:{project_version()}",
 }
 
 DEBIAN_SUITE = "bookworm"
+# The engine and job images are Debian trixie's: docker.io 26.1 with BuildKit, and the buildx and
+# compose v2 CLI plugins, as users of the official docker:NN-dind images have them (bookworm's
+# docker.io is 20.10: the legacy builder and compose v1).
+ENGINE_SUITE = "trixie"
 KUBERNETES_VERSION = "v1.34.4"  # pause.c is build/pause/linux/pause.c of this module
 PAUSE_VERSION = "3.10"
 COREDNS_MODULE = "github.com/coredns/coredns"
 COREDNS_VERSION = "v1.14.7"
 BUSYBOX_PACKAGE = "busybox-static"
 # The engine's root filesystem; the job image is this plus JOB_PACKAGES (one shared layer).
-ENGINE_PACKAGES = ("docker.io", "iptables", "ca-certificates", "procps")
-JOB_PACKAGES = ("docker-compose", "git", "curl", "wget", "ca-certificates")
+ENGINE_PACKAGES = ("docker.io", "docker-cli", "iptables", "ca-certificates", "procps")
+JOB_PACKAGES = ("docker-buildx", "docker-compose", "git", "curl", "wget", "ca-certificates")
+# The docker CLI plugins those packages install: `docker buildx`, `docker compose`.
+CLI_PLUGINS = (
+    "usr/libexec/docker/cli-plugins/docker-buildx",
+    "usr/libexec/docker/cli-plugins/docker-compose",
+)
 BUSYBOX_IN_JOB = "images/busybox.tar"  # a docker-archive of the busybox image, in the job image
 # The operator image: Debian's Python (python-is-python3: the chart runs `python`), and the
 # project with its dependencies in OPERATOR_APP_DIR (on PYTHONPATH), a layer of its own.
@@ -754,8 +763,8 @@ path-exclude /usr/share/lintian/*
 """
 
 
-def debootstrap(root: Path, packages: Sequence[str]) -> None:
-    """A slimmed debootstrap minbase bookworm with packages in root (a new directory), upgraded
+def debootstrap(root: Path, packages: Sequence[str], suite: str = DEBIAN_SUITE) -> None:
+    """A slimmed debootstrap minbase of suite with packages in root (a new directory), upgraded
     from -updates and -security, apt pointed at this machine's mirrors."""
     ensure_packages("debootstrap", "debian-archive-keyring")
     mirror, security = apt_mirrors()
@@ -768,7 +777,7 @@ def debootstrap(root: Path, packages: Sequence[str]) -> None:
                 "--variant=minbase",
                 f"--include={','.join(packages)}",
                 f"--cache-dir={debs}",
-                DEBIAN_SUITE,
+                suite,
                 root,
                 mirror,
             ],
@@ -776,9 +785,9 @@ def debootstrap(root: Path, packages: Sequence[str]) -> None:
         )
     (root / "etc/apt/sources.list").unlink(missing_ok=True)
     (root / "etc/apt/sources.list.d/debian.sources").write_text(
-        f"Types: deb\nURIs: {mirror}\nSuites: {DEBIAN_SUITE} {DEBIAN_SUITE}-updates\n"
+        f"Types: deb\nURIs: {mirror}\nSuites: {suite} {suite}-updates\n"
         "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
-        f"Types: deb\nURIs: {security}\nSuites: {DEBIAN_SUITE}-security\n"
+        f"Types: deb\nURIs: {security}\nSuites: {suite}-security\n"
         "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n"
     )
     (root / "etc/dpkg/dpkg.cfg.d/excludes").write_text(DPKG_EXCLUDES)
@@ -796,16 +805,19 @@ def require_files(root: Path, *names: str) -> None:
 
 
 def produce_debian_base(out: Path) -> None:
-    """debootstrap minbase bookworm with ENGINE_PACKAGES (the dind and job images' base)."""
+    """debootstrap minbase trixie with ENGINE_PACKAGES (the dind and job images' base)."""
     with work_dir("debian") as work:
         root = work / "rootfs"
-        debootstrap(root, ENGINE_PACKAGES)
+        debootstrap(root, ENGINE_PACKAGES, ENGINE_SUITE)
         require_files(root, "usr/bin/docker", "usr/sbin/dockerd", "usr/sbin/iptables")
         write_layer(root, out)
 
 
-def produce_packages_layer(base: LayerPlan, packages: Sequence[str], out: Path) -> None:
-    """The layer that installing packages on top of base adds (with whiteouts for removals)."""
+def produce_packages_layer(
+    base: LayerPlan, packages: Sequence[str], out: Path, required: Sequence[str] = ()
+) -> None:
+    """The layer that installing packages on top of base adds (with whiteouts for removals);
+    the required files must be among what they installed."""
     base_layer = materialize(base)
     with work_dir("packages") as work:
         root = work / "rootfs"
@@ -815,15 +827,18 @@ def produce_packages_layer(base: LayerPlan, packages: Sequence[str], out: Path) 
             chroot_apt(root, "update")
             chroot_apt(root, "install", "--no-install-recommends", *packages)
             chroot_apt(root, "clean")
+        require_files(root, *required)
         slim_rootfs(root)
         changed, deleted = diff_tree(base_layer.path, root)
         write_layer(root, out, changed, deleted)
 
 
-def debian_layer_key(name: str, packages: Sequence[str], produce: Callable[..., Any]) -> str:
+def debian_layer_key(
+    name: str, packages: Sequence[str], produce: Callable[..., Any], suite: str = DEBIAN_SUITE
+) -> str:
     return input_key(
         name,
-        DEBIAN_SUITE,
+        suite,
         packages,
         apt_mirrors(),
         DPKG_EXCLUDES,
@@ -841,8 +856,8 @@ def debian_layer_key(name: str, packages: Sequence[str], produce: Callable[..., 
 
 def plan_debian_base() -> LayerPlan:
     return LayerPlan(
-        debian_layer_key("debian-base", ENGINE_PACKAGES, produce_debian_base),
-        f"debootstrap --variant=minbase --include={','.join(ENGINE_PACKAGES)} {DEBIAN_SUITE}",
+        debian_layer_key("debian-base", ENGINE_PACKAGES, produce_debian_base, ENGINE_SUITE),
+        f"debootstrap --variant=minbase --include={','.join(ENGINE_PACKAGES)} {ENGINE_SUITE}",
         produce_debian_base,
     )
 
@@ -982,10 +997,11 @@ def plan_job() -> ImagePlan:
             "job-packages",
             base.key,
             JOB_PACKAGES,
+            CLI_PLUGINS,
             code=(produce_packages_layer, diff_tree, slim_rootfs, chroot_session, write_layer),
         ),
         f"apt-get install {' '.join(JOB_PACKAGES)}",
-        lambda out: produce_packages_layer(base, JOB_PACKAGES, out),
+        lambda out: produce_packages_layer(base, JOB_PACKAGES, out, CLI_PLUGINS),
     )
     busybox = plan_busybox()
     images = LayerPlan(

@@ -33,7 +33,7 @@ OPERATOR_ENV = {"RDO_RESYNC_SECONDS": "2"}
 # The default class of the tier: the engine image built here, and the default denied ranges plus
 # the stand-in for "a denied range" (e.g. cloud metadata) that holds a server of the tests' own.
 ENGINE_CLASS = {
-    "image": "rdo.local/dind:20.10",
+    "image": "rdo.local/dind:26.1",
     "versionedImage": {"repository": "rdo.local/dind", "tagSuffix": ""},
     "allowedImages": ["rdo.local/*"],
     "deniedCidrs": [*DEFAULT_DENIED_CIDRS, f"{STAND_IN_DENIED.rsplit('.', 2)[0]}.0.0/16"],

@@ -251,3 +251,16 @@ def test_manylinux_platforms_cover_older_glibcs() -> None:
     assert "manylinux_2_37_x86_64" not in platforms
     with pytest.raises(build.BuildError, match="older than manylinux2014"):
         build.manylinux_platforms("2.12")
+
+
+def test_engine_and_job_images_are_built_from_trixies_docker() -> None:
+    """docker.io 26 with BuildKit, and the buildx and compose v2 plugins in the job image; the
+    e2e tier proves they work (test_e2e: BuildKit, buildx, compose)."""
+    base = build.plan_debian_base()
+    assert base.created_by.endswith(" trixie")
+    bookworm = build.debian_layer_key(
+        "debian-base", build.ENGINE_PACKAGES, build.produce_debian_base, "bookworm"
+    )
+    assert base.key != bookworm
+    assert {"docker-buildx", "docker-compose"} <= set(build.JOB_PACKAGES)
+    assert build.IMAGES["dind"].endswith(":26.1")
