@@ -109,16 +109,7 @@ def test_deletion_missed_while_running_is_swept(
     Beside it, a live BuildJob's namespace stays."""
     kube.create_buildjob(ns, "kept", finishing(0, ttlSecondsAfterFinished=600))
     kept = kube.wait_phase(ns, "kept", "Succeeded")["namespace"]
-    owner = "00000000-0000-0000-0000-000000000001"
-    orphan = names.job_namespace("bj-", owner)
-    kube.core.create_namespace(
-        {
-            "metadata": {
-                "name": orphan,
-                "labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: owner},
-            }
-        }
-    )
+    orphan = orphan_namespace(kube, "00000000-0000-0000-0000-000000000001")
     pid = restore_operator.proc.pid if restore_operator.proc else None
     wait_for(lambda: not kube.namespace_exists(orphan), timeout=90, what="orphan swept")
     assert restore_operator.proc is not None
@@ -127,8 +118,8 @@ def test_deletion_missed_while_running_is_swept(
 
 
 def test_legacy_finalizer_released_on_deletion(kube: Kube, ns: str) -> None:
-    """BuildJobs made by an operator before 0.4 carry its finalizer: this one takes it off once
-    the namespace is deleted, or they would never go."""
+    """BuildJobs made by earlier builds of the operator carry its finalizer: this one takes it
+    off once the namespace is deleted, or they would never go."""
     body = finishing(0, ttlSecondsAfterFinished=600)
     kube.create_buildjob(ns, "legacy", body, finalizers=[names.LEGACY_FINALIZER])
     job_ns = kube.wait_phase(ns, "legacy", "Succeeded")["namespace"]
@@ -141,16 +132,7 @@ def test_legacy_finalizer_released_on_deletion(kube: Kube, ns: str) -> None:
 
 
 def test_orphan_sweep(kube: Kube, restore_operator: OperatorProcess) -> None:
-    owner = "00000000-0000-0000-0000-000000000000"
-    orphan = names.job_namespace("bj-", owner)
-    kube.core.create_namespace(
-        {
-            "metadata": {
-                "name": orphan,
-                "labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: owner},
-            }
-        }
-    )
+    orphan = orphan_namespace(kube, "00000000-0000-0000-0000-000000000000")
     restore_operator.restart()
     wait_for(lambda: not kube.namespace_exists(orphan), timeout=60, what="orphan deleted")
 
@@ -172,3 +154,17 @@ def test_queue_runs_in_creation_order(
     q3 = kube.wait_phase(ns, "q3", "Succeeded")
     assert q2["startTime"] <= q3["startTime"]
     kube.wait_event(ns, "q3", "Normal", "Queued")
+
+
+def orphan_namespace(kube: Kube, owner: str) -> str:
+    """A job namespace as the operator makes them, for a BuildJob (uid) that does not exist."""
+    orphan = names.job_namespace("bj-", owner)
+    kube.core.create_namespace(
+        {
+            "metadata": {
+                "name": orphan,
+                "labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: owner},
+            }
+        }
+    )
+    return orphan
