@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make up                a local cluster, the operator, and examples/hello.yaml run to the end"
 	@echo "make down              stop the local cluster and everything it started"
-	@echo "make kind-up           the same on a kind cluster (needs Docker; see README)"
+	@echo "make kind-up           the same on a kind cluster (needs Docker; see docs/development.md)"
 	@echo "make test              lint, unit, integration and e2e tests (builds everything needed)"
 	@echo "make test-unit         unit tests only (seconds)"
 	@echo "make test-integration  against a real kube-apiserver with kwok"
