@@ -88,7 +88,18 @@ COREDNS_VERSION = "v1.14.7"
 BUSYBOX_PACKAGE = "busybox-static"
 # The engine's root filesystem; the job image is this plus JOB_PACKAGES (one shared layer).
 ENGINE_PACKAGES = ("docker.io", "docker-cli", "iptables", "ca-certificates", "procps")
-JOB_PACKAGES = ("docker-buildx", "docker-compose", "git", "curl", "wget", "ca-certificates")
+JOB_PACKAGES = (
+    "docker-buildx",
+    "docker-compose",
+    "git",
+    "curl",
+    "wget",
+    "ca-certificates",
+    "python3",
+)
+# Python packages from PyPI in the job image (for its python3): testcontainers, so tests that
+# start their services with it run against the remote engine unchanged.
+JOB_PYTHON_PACKAGES = ("testcontainers==4.15.0",)
 # The docker CLI plugins those packages install: `docker buildx`, `docker compose`.
 CLI_PLUGINS = (
     "usr/libexec/docker/cli-plugins/docker-buildx",
@@ -990,6 +1001,43 @@ def plan_dind() -> ImagePlan:
     return ImagePlan("dind", IMAGES["dind"], config, (plan_debian_base(),))
 
 
+def produce_python_packages(
+    layers: Sequence[LayerPlan], requirements: Sequence[str], out: Path
+) -> None:
+    """requirements' wheels, installed on this machine for the python3 of the image that
+    `layers` make, into its /usr/local dist-packages (on that Python's path): a layer of that
+    directory only."""
+    pip = pip_command()
+    with work_dir("python-packages") as work:
+        root = work / "rootfs"
+        root.mkdir()
+        for layer in layers:  # enough of the image to ask its python3 what it is
+            run(["tar", "--numeric-owner", "-xpf", materialize(layer).path, "-C", root])
+        version, platforms = image_python(root)
+        new = work / "layer"
+        target = new / f"usr/local/lib/python{version}/dist-packages"
+        run(
+            [
+                *pip,
+                "install",
+                "--no-compile",
+                "--target",
+                target,
+                "--only-binary=:all:",
+                "--implementation=cp",
+                f"--python-version={version}",
+                *(f"--platform={p}" for p in platforms),
+                *requirements,
+            ],
+            env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
+        )
+        shutil.rmtree(target / "bin", ignore_errors=True)  # scripts for this machine's Python
+        for path in [new, *new.rglob("*")]:
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() or path.stat().st_mode & 0o111 else 0o644)
+        write_layer(new, out)
+
+
 def plan_job() -> ImagePlan:
     base = plan_debian_base()
     packages = LayerPlan(
@@ -1003,13 +1051,25 @@ def plan_job() -> ImagePlan:
         f"apt-get install {' '.join(JOB_PACKAGES)}",
         lambda out: produce_packages_layer(base, JOB_PACKAGES, out, CLI_PLUGINS),
     )
+    python = LayerPlan(
+        input_key(
+            "job-python",
+            packages.key,
+            JOB_PYTHON_PACKAGES,
+            code=(produce_python_packages, image_python, manylinux_platforms, write_layer),
+        ),
+        "pip install --target /usr/local/lib/python3.N/dist-packages "
+        f"{' '.join(JOB_PYTHON_PACKAGES)}",
+        lambda out: produce_python_packages((base, packages), JOB_PYTHON_PACKAGES, out),
+    )
     busybox = plan_busybox()
     images = LayerPlan(
         input_key("job-images", BUSYBOX_IN_JOB, busybox.key, code=(_files_layer, write_layer)),
         f"COPY {busybox.ref} docker-archive /{BUSYBOX_IN_JOB}",
         lambda out: _files_layer({BUSYBOX_IN_JOB: build_image(busybox)}, out),
     )
-    return ImagePlan("job", IMAGES["job"], ImageConfig(cmd=("sh",)), (base, packages, images))
+    layers = (base, packages, python, images)
+    return ImagePlan("job", IMAGES["job"], ImageConfig(cmd=("sh",)), layers)
 
 
 def produce_coredns(out: Path) -> None:

@@ -156,7 +156,7 @@ def test_keys_follow_inputs_and_the_base_layer_is_shared() -> None:
 
     dind, job = build.plan_dind(), build.plan_job()
     assert dind.layers[0].key == job.layers[0].key
-    assert len(job.layers) == 3
+    assert len(job.layers) == 4
     assert dind.key != job.key
     assert build.plan_busybox().key == build.plan_busybox().key
 
