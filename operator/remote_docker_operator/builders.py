@@ -196,9 +196,24 @@ _DNS_RULE: Manifest = {
 }
 
 
+def engine_ports(t: Target) -> list[Manifest]:
+    """What the job may reach on its engine: 2376, and the ports containers publish there when
+    spec.network.publishedPorts opens them."""
+    ports: list[Manifest] = list(_ENGINE_PORT)
+    published = t.spec.network.published_ports
+    if published is not None:
+        if published.ephemeral:
+            first, last = names.EPHEMERAL_PORTS
+            ports.append({"protocol": "TCP", "port": first, "endPort": last})
+        ports += [{"protocol": "TCP", "port": p} for p in published.ports or []]
+    return ports
+
+
 def build_network_policies(t: Target) -> list[Manifest]:
-    """Default deny; job -> engine on 2376 only; DNS; internet egress minus the denied CIDRs."""
+    """Default deny; job -> engine on 2376 only (and the published ports when opened); DNS;
+    internet egress minus the denied CIDRs."""
     internet = {"to": _internet_peers(list(t.engine.denied_cidrs))}
+    to_engine = engine_ports(t)
 
     def policy(name: str, spec: Manifest) -> Manifest:
         return stamped(
@@ -213,7 +228,7 @@ def build_network_policies(t: Target) -> list[Manifest]:
     job_egress = [
         {
             "to": [{"podSelector": _component_selector(names.COMPONENT_ENGINE)}],
-            "ports": _ENGINE_PORT,
+            "ports": to_engine,
         },
         _DNS_RULE,
     ]
@@ -231,7 +246,7 @@ def build_network_policies(t: Target) -> list[Manifest]:
                 "ingress": [
                     {
                         "from": [{"podSelector": _component_selector(names.COMPONENT_JOB)}],
-                        "ports": _ENGINE_PORT,
+                        "ports": to_engine,
                     }
                 ],
                 "egress": [_DNS_RULE, internet],
@@ -344,6 +359,14 @@ def build_secret_copy(t: Target, source: Manifest, name: str) -> Manifest:
 
 
 def build_engine_service(t: Target) -> Manifest:
+    """The engine's name. With published ports it is headless: the name then resolves to the
+    engine pod itself, so a port a container publishes there (any port of a range, which a
+    Service cannot list) is reached at the same host name as DOCKER_HOST, as testcontainers
+    expects."""
+    headless: Manifest = {}
+    if t.spec.network.published_ports is not None:
+        # Resolvable before the pod is Ready: the job's own wait is what gates on the engine.
+        headless = {"clusterIP": "None", "publishNotReadyAddresses": True}
     return stamped(
         {
             "apiVersion": "v1",
@@ -351,6 +374,7 @@ def build_engine_service(t: Target) -> Manifest:
             "metadata": _meta(t, names.ENGINE_SERVICE, names.COMPONENT_ENGINE),
             "spec": {
                 "type": "ClusterIP",
+                **headless,
                 "selector": {
                     names.LABEL_OWNER_UID: t.uid,
                     names.LABEL_COMPONENT: names.COMPONENT_ENGINE,

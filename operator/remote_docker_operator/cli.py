@@ -62,7 +62,8 @@ def load_buildjob(text: str, source: str, namespace: str) -> Obj:
 def progress(status: Obj) -> str:
     """One line saying where the BuildJob is: its phase, and why when the operator says."""
     phase = status.get("phase") or "Pending"
-    why = ": ".join(str(status[k]) for k in ("reason", "message") if status.get(k))
+    reason = status.get("reason") if status.get("reason") != phase else None
+    why = ": ".join(str(w) for w in (reason, status.get("message")) if w)
     return f"{phase} ({why})" if why else phase
 
 

@@ -17,8 +17,11 @@ from pydantic import (
     Field,
     StringConstraints,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
+
+from . import names
 
 
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, Any]:
@@ -200,11 +203,68 @@ class EngineSpec(ApiModel):
     mtu: int | None = Field(None, ge=576, le=9216, description="dockerd --mtu.")
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class PublishedPorts(ApiModel):
+    """Ports that containers publish on the engine (`docker run -p`), opened to this job's pod
+    and no other: what testcontainers and `docker run -p` tests need."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "(has(self.ephemeral) && self.ephemeral) || "
+                    "(has(self.ports) && size(self.ports) > 0)",
+                    "publishedPorts opens nothing: set ephemeral: true or list ports",
+                )
+            ]
+        }
+    )
+    ephemeral: bool = Field(
+        False,
+        description=f"Docker's ephemeral range, {names.EPHEMERAL_PORTS[0]}-"
+        f"{names.EPHEMERAL_PORTS[1]}: the host ports `docker run -P`, "
+        "`-p CONTAINER_PORT` and testcontainers get.",
+    )
+    ports: list[Port] | None = Field(
+        None,
+        max_length=32,
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            "x-kubernetes-validations": [
+                cel(
+                    f"!self.exists(p, p == {names.ENGINE_PORT} || p == {names.ENGINE_PLAIN_PORT})",
+                    f"{names.ENGINE_PORT} and {names.ENGINE_PLAIN_PORT} are the engine's own "
+                    "API, never published",
+                )
+            ],
+        },
+        description="Fixed host ports (`docker run -p 8080:80` publishes 8080).",
+    )
+
+    @model_validator(mode="after")
+    def _opens_something(self) -> "PublishedPorts":
+        if not self.ephemeral and not self.ports:
+            raise ValueError("publishedPorts opens nothing: set ephemeral: true or list ports")
+        if {names.ENGINE_PORT, names.ENGINE_PLAIN_PORT} & set(self.ports or []):
+            raise ValueError(
+                f"ports: {names.ENGINE_PORT} and {names.ENGINE_PLAIN_PORT} are the engine's own "
+                "API, never published"
+            )
+        return self
+
+
 class NetworkSpec(ApiModel):
     job_egress: Literal["Internet", "None"] = Field(
         "Internet",
         description="Internet: the job pod may reach the internet (never the cluster); None: the "
         "job pod reaches only its engine and DNS. The engine may always pull from the internet.",
+    )
+    published_ports: PublishedPorts | None = Field(
+        None,
+        description="Off unless set: ports containers publish on the engine that this job's pod "
+        "may reach (its engine's 2376 only, otherwise).",
     )
 
 

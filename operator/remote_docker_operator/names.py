@@ -64,6 +64,10 @@ ENGINE_CONTAINER = "dockerd"
 WAIT_CONTAINER = "wait-for-engine"
 
 ENGINE_PORT = 2376
+ENGINE_PLAIN_PORT = 2375  # dockerd's unauthenticated port: never listened on, never published
+# Docker's ephemeral host ports (the engine's ip_local_port_range): what `docker run -P` and
+# testcontainers get; opened to the job by spec.network.publishedPorts.ephemeral.
+EPHEMERAL_PORTS = (32768, 60999)
 CERT_DIR = "/certs/client"
 
 

@@ -44,8 +44,10 @@ def test_run_follow_streams_the_log_and_exits_0(
     assert GREETING in done.stdout  # the job's own output, on stdout
     progress = done.stderr.splitlines()
     assert progress[0] == f"buildjob.remotedocker.dev/hello created in namespace {ns}"
-    assert "buildjob/hello: Running" in progress
-    assert progress[-2:] == ["buildjob/hello: Succeeded", "buildjob/hello: exit code 0"]
+    # Each change of phase on its own line, the reason and message beside it.
+    phases = [line.split()[1] for line in progress[1:-1]]
+    assert phases[-2:] == ["Running", "Succeeded"], progress
+    assert progress[-1] == "buildjob/hello: exit code 0"
 
     # The finished job's log, again, by name.
     again = kubectl_buildjob(cluster, "-n", ns, "logs", "hello")

@@ -59,9 +59,9 @@ def run(
     return status, job_log(kube, status)
 
 
-def run_checks(kube: Kube, ns: str, name: str, script: str) -> dict[str, str]:
+def run_checks(kube: Kube, ns: str, name: str, script: str, **extra: Any) -> dict[str, str]:
     """Runs a job that prints CHECK lines; it must succeed; returns {check: open|closed}."""
-    status, output = run(kube, ns, name, script)
+    status, output = run(kube, ns, name, script, **extra)
     assert status["phase"] == "Succeeded", (status, output)
     found = checks(output)
     print(output)  # shown by pytest when an assertion on the result fails

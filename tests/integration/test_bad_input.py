@@ -111,6 +111,24 @@ REFUSED: list[tuple[str, Any, str, str]] = [
         "Unsupported value",
     ),
     (
+        "published-engine-port",
+        {"job": JOB, "network": {"publishedPorts": {"ports": [8080, 2376]}}},
+        "spec.network.publishedPorts.ports",
+        "2376 and 2375 are the engine's own API, never published",
+    ),
+    (
+        "published-nothing",
+        {"job": JOB, "network": {"publishedPorts": {"ephemeral": False}}},
+        "spec.network.publishedPorts",
+        "publishedPorts opens nothing",
+    ),
+    (
+        "published-port-out-of-range",
+        {"job": JOB, "network": {"publishedPorts": {"ports": [0]}}},
+        "spec.network.publishedPorts.ports[0]",
+        "greater than or equal to 1",
+    ),
+    (
         "zero-deadline",
         {"job": JOB, "activeDeadlineSeconds": 0},
         "spec.activeDeadlineSeconds",

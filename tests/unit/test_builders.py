@@ -77,6 +77,34 @@ def test_job_egress_none_drops_the_internet() -> None:
     assert all("ipBlock" not in peer for rule in job["egress"] for peer in rule["to"])
 
 
+def test_published_ports_open_to_the_job_only_and_the_name_resolves_to_the_engine() -> None:
+    net = {"publishedPorts": {"ephemeral": True, "ports": [8080, 5432]}}
+    t = make_target({"job": {"image": "a"}, "network": net})
+    policies = by_name(builders.build_network_policies(t))
+    opened = [
+        {"protocol": "TCP", "port": 2376},
+        {"protocol": "TCP", "port": 32768, "endPort": 60999},
+        {"protocol": "TCP", "port": 8080},
+        {"protocol": "TCP", "port": 5432},
+    ]
+    [ingress] = policies["engine"]["spec"]["ingress"]
+    assert ingress["from"] == [{"podSelector": {"matchLabels": {names.LABEL_COMPONENT: "job"}}}]
+    assert ingress["ports"] == opened
+    assert policies["job"]["spec"]["egress"][0]["ports"] == opened
+    service = builders.build_engine_service(t)["spec"]
+    assert service["clusterIP"] == "None"
+    assert service["publishNotReadyAddresses"] is True
+
+    fixed = make_target({"job": {"image": "a"}, "network": {"publishedPorts": {"ports": [80]}}})
+    [ingress] = by_name(builders.build_network_policies(fixed))["engine"]["spec"]["ingress"]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 2376}, {"protocol": "TCP", "port": 80}]
+
+
+def test_without_published_ports_the_engine_service_has_a_cluster_ip(target: Target) -> None:
+    assert target.spec.network.published_ports is None
+    assert "clusterIP" not in builders.build_engine_service(target)["spec"]
+
+
 def test_denied_cidrs_split_by_family() -> None:
     t = make_target(engine_class={"image": "d", "deniedCidrs": ["10.0.0.0/8", "fd00::/8"]})
     engine = by_name(builders.build_network_policies(t))["engine"]["spec"]

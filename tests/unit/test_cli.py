@@ -44,6 +44,8 @@ def test_progress_and_exit_codes() -> None:
     assert cli.progress({"phase": "Pending", "reason": "Queued", "message": "2 ahead"}) == (
         "Pending (Queued: 2 ahead)"
     )
+    done = {"phase": "Succeeded", "reason": "Succeeded", "message": "exited 0"}
+    assert cli.progress(done) == "Succeeded (exited 0)"  # the reason is not said twice
     assert cli.exit_code({"phase": "Succeeded", "exitCode": 0}) == 0
     assert cli.exit_code({"phase": "Failed", "exitCode": 7}) == 7
     assert cli.exit_code({"phase": "Failed", "reason": "EngineFailed"}) == 1

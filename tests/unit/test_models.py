@@ -49,6 +49,18 @@ def test_camel_case_round_trip() -> None:
         ({"job": {"image": "a"}, "ttlSecondsAfterFinished": -1}, "ttlSecondsAfterFinished"),
         ({"job": {"image": "a"}, "network": {"jobEgress": "Cluster"}}, "network.jobEgress"),
         (
+            {"job": {"image": "a"}, "network": {"publishedPorts": {"ports": [2376]}}},
+            "network.publishedPorts",
+        ),
+        (
+            {"job": {"image": "a"}, "network": {"publishedPorts": {}}},
+            "network.publishedPorts",
+        ),
+        (
+            {"job": {"image": "a"}, "network": {"publishedPorts": {"ports": [70000]}}},
+            "network.publishedPorts.ports.0",
+        ),
+        (
             {"job": {"image": "a"}, "imagePullSecrets": [{"name": "Bad_Name"}]},
             "imagePullSecrets.0.name",
         ),
