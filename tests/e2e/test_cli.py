@@ -55,6 +55,25 @@ def test_run_follow_streams_the_log_and_exits_0(
     assert GREETING in again.stdout
 
 
+@pytest.mark.parametrize(
+    ("example", "says"),
+    [
+        ("compose.yaml", "Hello from the web service"),
+        ("testcontainers.yaml", "Hello from a testcontainer"),
+    ],
+)
+def test_the_examples_run_as_a_ci_step_would_run_them(
+    cluster: Any, operator: OperatorProcess, ns: str, example: str, says: str
+) -> None:
+    """Every example that needs no registry (hello above; hello-dockerhub pulls from Docker
+    Hub), through the plugin, to exit 0 with its output."""
+    done = kubectl_buildjob(
+        cluster, "-n", ns, "run", "-f", str(ROOT / "examples" / example), "--follow"
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert says in done.stdout
+
+
 def test_run_follow_exits_with_the_jobs_own_exit_code(
     cluster: Any, operator: OperatorProcess, ns: str, tmp_path: Path
 ) -> None:

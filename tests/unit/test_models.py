@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import yaml
 from pydantic import ValidationError
 
 from remote_docker_operator.models import BuildJob, BuildJobSpec
@@ -100,3 +103,12 @@ def test_whole_object_parses_and_ignores_metadata() -> None:
     )
     assert job.status is not None
     assert job.status.exit_code == 3
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).parents[2] / "examples").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_example_is_a_buildjob_the_models_accept(example: Path) -> None:
+    body = yaml.safe_load(example.read_text())
+    assert (body["apiVersion"], body["kind"]) == ("remotedocker.dev/v1alpha1", "BuildJob")
+    BuildJob.model_validate(body)
