@@ -114,14 +114,20 @@ def _load(rec: Reconciler, logger: kopf.Logger) -> None:
     # seen yet.
     for body in rec.kube.list(names.CLASS_KIND):
         rec.classes[body["metadata"]["name"]] = body
-    rec.load_namespaces()
-    for body in rec.kube.list(names.KIND):
+    # The sweep's own lists, read once: namespaces first, as Reconciler.sweep says why.
+    managed = rec.load_namespaces()
+    found, listed_after = rec.list_buildjobs()
+    for body in found:
         rec.observe(body)
-    sweep(rec, logger)
+    _swept(rec.sweep_listed(managed, found, listed_after), logger)
 
 
 def sweep(rec: Reconciler, logger: logging.Logger | kopf.Logger) -> None:
-    for namespace in rec.sweep():
+    _swept(rec.sweep(), logger)
+
+
+def _swept(namespaces: list[str], logger: logging.Logger | kopf.Logger) -> None:
+    for namespace in namespaces:
         logger.info("Deleted orphaned namespace %s", namespace)
 
 

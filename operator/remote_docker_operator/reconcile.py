@@ -594,13 +594,21 @@ class Reconciler:
     def sweep(self) -> list[str]:
         """What a missed deletion event would leave: forgets BuildJobs that are gone, deletes
         their job namespaces and finishes deletions still held by the legacy finalizer;
-        returns the namespaces deleted. (Also what start-up runs, for deletions while no
-        operator ran.)"""
+        returns the namespaces deleted. (Start-up runs the same, sweep_listed, from the lists
+        it reads anyway, for deletions while no operator ran.)"""
         # Namespaces first: each one listed was made for a BuildJob that existed before it,
         # so is in the later list unless gone. The other order deletes new jobs' namespaces.
         managed = self.load_namespaces()
+        return self.sweep_listed(managed, *self.list_buildjobs())
+
+    def list_buildjobs(self) -> tuple[list[Obj], int]:
+        """Every BuildJob, and a mark that what is observed after it is newer than the list."""
         listed_after = next(self._seen)
-        found = self.kube.list(names.KIND)
+        return self.kube.list(names.KIND), listed_after
+
+    def sweep_listed(self, managed: list[Obj], found: list[Obj], listed_after: int) -> list[str]:
+        """The sweep, from lists already made: the job namespaces (listed first), then the
+        BuildJobs with their mark (list_buildjobs)."""
         live = {bj["metadata"]["uid"] for bj in found}
         for state in list(self.jobs.values()):
             if state.seen < listed_after and state.uid not in live:
