@@ -176,7 +176,9 @@ async def resync_forever(
                 await loop.run_in_executor(
                     executor, contextvars.copy_context().run, sweep, rec, logger
                 )
-            except ApiException:
+            except Exception:
+                # An API error or the connection's (urllib3's: a timeout, a reset): either way
+                # this loop must go on, as it is the only retry a failed event handler gets.
                 logger.exception("Orphan sweep failed (tried again in %d ticks)", SWEEP_EVERY)
         due = rec.due_for_resync()
         for start in range(0, len(due), WORKERS):

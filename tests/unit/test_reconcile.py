@@ -7,6 +7,8 @@ import contextvars
 from typing import Any, ClassVar, cast
 
 import kopf
+import pytest
+import urllib3
 
 from remote_docker_operator import handlers, names, pods
 from remote_docker_operator.config import Settings
@@ -193,6 +195,40 @@ def test_resync_loop_steps_every_unfinished_buildjob_and_survives_a_failure() ->
     # Every tick reaches each due BuildJob, the one that fails included, and ticks go on.
     assert stepped.count("a") >= 2
     assert stepped.count("c") >= 2
+
+
+def test_resync_loop_survives_a_sweep_that_fails_below_the_api(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sweep cut short by the connection (a timeout, a reset: urllib3's errors, not an
+    ApiException) must not end the loop: it is the only retry a failed event handler gets."""
+    monkeypatch.setattr(handlers, "SWEEP_EVERY", 2)
+    sweeps: list[int] = []
+    stepped: list[str] = []
+
+    class Rec:
+        def sweep(self) -> list[str]:
+            sweeps.append(1)
+            raise urllib3.exceptions.ProtocolError("Connection aborted.")
+
+        def due_for_resync(self) -> list[Any]:
+            return [reconciler().observe(body("a", "2026-01-01T00:00:00Z"))]
+
+        def resync(self, state: Any) -> None:
+            stepped.append(state.uid)
+
+    async def main() -> None:
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            task = asyncio.create_task(handlers.resync_forever(Rec(), 0.01, pool))  # type: ignore[arg-type]
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                if len(sweeps) >= 3:
+                    break
+            task.cancel()
+
+    asyncio.run(main())
+    assert len(sweeps) >= 3
+    assert stepped.count("a") >= 5
 
 
 def test_pod_essence_decides_as_the_whole_pod_does() -> None:
