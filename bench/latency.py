@@ -139,10 +139,12 @@ def run_buildjob(custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str) 
         status = bj.get("status") or {}
         if status.get("phase") == "Failed":
             raise RuntimeError(f"BuildJob {name} failed: {status.get('message')}")
-        pods = {}
+        engine = job = None
         if status.get("namespace"):
-            pods = {p.metadata.name: p for p in core.list_namespaced_pod(status["namespace"]).items}
-        engine, job = pods.get(names.ENGINE_POD), pods.get(names.JOB_POD)
+            engines = core.list_namespaced_pod(status["namespace"]).items
+            engine = next((p for p in engines if p.metadata.name == names.ENGINE_POD), None)
+            beside = core.list_namespaced_pod(ns, field_selector=f"metadata.name={name}").items
+            job = beside[0] if beside else None
         conditions = (engine.status.conditions or []) if engine else []
         return {
             "engine Ready": any(c.type == "Ready" and c.status == "True" for c in conditions),

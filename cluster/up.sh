@@ -39,10 +39,10 @@ for _ in $(seq 300); do
   [ "$phase" = Running ] || [ "$phase" = Succeeded ] || [ "$phase" = Failed ] && break
   sleep 1
 done
-ns=$("$KUBECTL" get bj hello -o jsonpath='{.status.namespace}')
-# Follow the job's log once its container has started (its init container waits for the engine).
+# Follow the job's log (its pod is named after the BuildJob, beside it) once its container has
+# started (its init container waits for the engine).
 for _ in $(seq 120); do
-  "$KUBECTL" logs -n "$ns" job -c job -f 2>/dev/null && break
+  "$KUBECTL" logs hello -c job -f 2>/dev/null && break
   sleep 0.5
 done
 "$KUBECTL" wait --for=jsonpath='{.status.phase}'=Succeeded bj/hello --timeout=120s >/dev/null || true

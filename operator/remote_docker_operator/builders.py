@@ -93,6 +93,25 @@ def _meta(t: Target, name: str, component: str | None = None) -> Manifest:
     return {"name": name, "namespace": t.job_namespace, "labels": owner_labels(t, component)}
 
 
+def _tenant_meta(t: Target, name: str) -> Manifest:
+    """The job's side, in the BuildJob's own namespace: owned by the BuildJob, so the garbage
+    collector removes it with the BuildJob even while no operator runs."""
+    return {
+        "name": name,
+        "namespace": t.namespace,
+        "labels": owner_labels(t, names.COMPONENT_JOB),
+        "ownerReferences": [
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": names.KIND,
+                "name": t.name,
+                "uid": t.uid,
+                "controller": True,
+            }
+        ],
+    }
+
+
 def stamped(manifest: Manifest) -> Manifest:
     """The manifest, annotated with a hash of itself: a child carries what it was built from,
     so the reconciler sees when what exists is no longer what the operator would build (its
@@ -106,7 +125,7 @@ def stamped(manifest: Manifest) -> Manifest:
 def build_namespace(t: Target) -> Manifest:
     labels = owner_labels(t)
     labels[names.LABEL_ENGINE_CLASS] = t.engine.class_name
-    # dind needs a privileged pod; the job pod itself stays within "restricted" but runAsNonRoot.
+    # dind needs a privileged pod, and the engine is all this namespace holds.
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
     return stamped(
         {
@@ -117,15 +136,15 @@ def build_namespace(t: Target) -> Manifest:
     )
 
 
-# What a job namespace ever holds: two pods, one Service, the TLS pair, up to 8 pull secrets and
-# a docker config. The quota (made once all of those exist) makes anything more fail, whoever
-# tries: the namespace cannot be turned into a foothold.
+# What a job namespace ever holds: the engine pod, its Service and its TLS secret. The quota
+# (made once the engine pod exists) makes anything more fail, whoever tries: the namespace
+# cannot be turned into a foothold.
 QUOTA_HARD: Manifest = {
-    "pods": "2",
+    "pods": "1",
     "services": "1",
     "services.loadbalancers": "0",
     "services.nodeports": "0",
-    "secrets": "11",
+    "secrets": "1",
     "configmaps": "1",  # kube-root-ca.crt, which Kubernetes puts in every namespace
     "persistentvolumeclaims": "0",
     "replicationcontrollers": "0",
@@ -145,8 +164,9 @@ def build_quota(t: Target) -> Manifest:
 
 
 def build_limit_range(t: Target) -> Manifest | None:
-    """The class's CPU and memory bounds on every container of the namespace (the job's too:
-    it shares the engine's node budget); None when the class sets no maximum."""
+    """The class's CPU and memory bounds on the engine's containers (the job pod lives in the
+    BuildJob's namespace, under that namespace's own limits); None when the class sets no
+    maximum."""
     most = t.engine.resource_max
     if not most:
         return None
@@ -209,31 +229,37 @@ def engine_ports(t: Target) -> list[Manifest]:
     return ports
 
 
+def _policy(meta: Manifest, spec: Manifest) -> Manifest:
+    return stamped(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": meta,
+            "spec": spec,
+        }
+    )
+
+
+def _in_namespace(namespace: str, pods: Manifest) -> Manifest:
+    return {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+        "podSelector": {"matchLabels": pods},
+    }
+
+
+def _job_pod_labels(t: Target) -> Manifest:
+    return {names.LABEL_OWNER_UID: t.uid, names.LABEL_COMPONENT: names.COMPONENT_JOB}
+
+
 def build_network_policies(t: Target) -> list[Manifest]:
-    """Default deny; job -> engine on 2376 only (and the published ports when opened); DNS;
-    internet egress minus the denied CIDRs."""
+    """The engine's namespace: default deny; the engine reached from this BuildJob's job pod
+    only, on 2376 (and the published ports when opened); DNS and the internet minus the denied
+    CIDRs out of it."""
     internet = {"to": _internet_peers(list(t.engine.denied_cidrs))}
-    to_engine = engine_ports(t)
 
     def policy(name: str, spec: Manifest) -> Manifest:
-        return stamped(
-            {
-                "apiVersion": "networking.k8s.io/v1",
-                "kind": "NetworkPolicy",
-                "metadata": _meta(t, name),
-                "spec": spec,
-            }
-        )
+        return _policy(_meta(t, name), spec)
 
-    job_egress = [
-        {
-            "to": [{"podSelector": _component_selector(names.COMPONENT_ENGINE)}],
-            "ports": to_engine,
-        },
-        _DNS_RULE,
-    ]
-    if t.spec.network.job_egress == "Internet":
-        job_egress.append(internet)
     return [
         policy(
             names.POLICY_DEFAULT_DENY, {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
@@ -245,22 +271,42 @@ def build_network_policies(t: Target) -> list[Manifest]:
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [
                     {
-                        "from": [{"podSelector": _component_selector(names.COMPONENT_JOB)}],
-                        "ports": to_engine,
+                        "from": [_in_namespace(t.namespace, _job_pod_labels(t))],
+                        "ports": engine_ports(t),
                     }
                 ],
                 "egress": [_DNS_RULE, internet],
             },
         ),
-        policy(
-            names.POLICY_JOB,
-            {
-                "podSelector": _component_selector(names.COMPONENT_JOB),
-                "policyTypes": ["Ingress", "Egress"],
-                "egress": job_egress,
-            },
-        ),
     ]
+
+
+def build_job_policy(t: Target) -> Manifest:
+    """The job pod's fence in the BuildJob's namespace: no ingress; egress to its engine (2376,
+    and the published ports when opened), DNS and, as spec.network.jobEgress says, the internet
+    minus the denied CIDRs. Policies add up: one the namespace's owner adds may open more for
+    their own pod, never for the engine."""
+    egress = [
+        {
+            "to": [
+                _in_namespace(
+                    t.job_namespace, _component_selector(names.COMPONENT_ENGINE)["matchLabels"]
+                )
+            ],
+            "ports": engine_ports(t),
+        },
+        _DNS_RULE,
+    ]
+    if t.spec.network.job_egress == "Internet":
+        egress.append({"to": _internet_peers(list(t.engine.denied_cidrs))})
+    return _policy(
+        _tenant_meta(t, names.job_policy(t.name)),
+        {
+            "podSelector": {"matchLabels": _job_pod_labels(t)},
+            "policyTypes": ["Ingress", "Egress"],
+            "egress": egress,
+        },
+    )
 
 
 # -- secrets ----------------------------------------------------------------------------------
@@ -279,10 +325,7 @@ def engine_dns_names(t: Target) -> list[str]:
     ]
 
 
-def _tls_secret(
-    t: Target, name: str, component: str, tls: TLSBundle, data: dict[str, str]
-) -> Manifest:
-    meta = _meta(t, name, component)
+def _tls_secret(meta: Manifest, tls: TLSBundle, data: dict[str, str]) -> Manifest:
     meta["annotations"] = {names.ANNOTATION_CA_FINGERPRINT: tls.ca_fingerprint}
     return {
         "apiVersion": "v1",
@@ -296,9 +339,7 @@ def _tls_secret(
 def build_engine_tls_secret(t: Target, tls: TLSBundle) -> Manifest:
     """The engine's server certificate and key, and the CA to verify clients (never its key)."""
     return _tls_secret(
-        t,
-        names.ENGINE_TLS_SECRET,
-        names.COMPONENT_ENGINE,
+        _meta(t, names.ENGINE_TLS_SECRET, names.COMPONENT_ENGINE),
         tls,
         {
             "ca.pem": tls.ca_cert,
@@ -309,11 +350,10 @@ def build_engine_tls_secret(t: Target, tls: TLSBundle) -> Manifest:
 
 
 def build_client_secret(t: Target, tls: TLSBundle) -> Manifest:
-    """What the job needs to reach its engine: the docker CLI's environment and client certs."""
+    """What the job needs to reach its engine: the docker CLI's environment and client certs,
+    beside the job pod in the BuildJob's namespace."""
     return _tls_secret(
-        t,
-        names.CLIENT_SECRET,
-        names.COMPONENT_JOB,
+        _tenant_meta(t, names.client_secret(t.name)),
         tls,
         {
             "DOCKER_HOST": t.docker_host,
@@ -326,7 +366,8 @@ def build_client_secret(t: Target, tls: TLSBundle) -> Manifest:
     )
 
 
-# Secret types that hold registry credentials, each with its one key; nothing else is copied.
+# Secret types that hold registry credentials, each with its one key: what a pull secret or
+# docker config the BuildJob names must be (checked before the job pod mounts it).
 DOCKER_CONFIG_TYPES = ("kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg")
 _REGISTRY_KEYS = {
     "kubernetes.io/dockerconfigjson": ".dockerconfigjson",
@@ -338,21 +379,6 @@ def registry_key(source: Manifest) -> str | None:
     """The registry-credential key of a pull secret, if it is one and has it."""
     key = _REGISTRY_KEYS.get(str(source.get("type")))
     return key if key and key in (source.get("data") or {}) else None
-
-
-def build_secret_copy(t: Target, source: Manifest, name: str) -> Manifest:
-    """A copy of a user's registry credentials (pull secret or docker config) inside the job
-    namespace: its type and its one credential key, nothing else the Secret may hold."""
-    key = registry_key(source)
-    return stamped(
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": _meta(t, name),
-            "type": source["type"],
-            "data": {key: source["data"][key]} if key else {},
-        }
-    )
 
 
 # -- service and pods -------------------------------------------------------------------------
@@ -487,9 +513,10 @@ def build_engine_pod(t: Target) -> Manifest:
     }
 
 
-def _client_env() -> list[Manifest]:
+def _client_env(t: Target) -> list[Manifest]:
+    secret = names.client_secret(t.name)
     return [
-        {"name": key, "valueFrom": {"secretKeyRef": {"name": names.CLIENT_SECRET, "key": key}}}
+        {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
     ]
 
@@ -568,7 +595,7 @@ def _wait_for_engine(t: Target) -> Manifest:
         "name": names.WAIT_CONTAINER,
         "image": t.engine.image,
         "command": ["sh", "-c", script],
-        "env": _client_env(),
+        "env": _client_env(t),
         "volumeMounts": [{"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
         "securityContext": UNPRIVILEGED,
@@ -586,7 +613,7 @@ def build_job_pod(t: Target) -> Manifest:
     # The user's variables first, so spec.job.env[i] is the pod's env[i] in API errors; ours
     # last, so they win over a user's variable of the same name.
     env = [e.model_dump(by_alias=True, exclude_none=True) for e in job.env or []]
-    env += _client_env()
+    env += _client_env(t)
     mounts: list[Manifest] = [
         {"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}
     ]
@@ -594,7 +621,7 @@ def build_job_pod(t: Target) -> Manifest:
         {
             "name": "docker-client",
             "secret": {
-                "secretName": names.CLIENT_SECRET,
+                "secretName": names.client_secret(t.name),
                 "items": [{"key": k, "path": k} for k in ("ca.pem", "cert.pem", "key.pem")],
                 "defaultMode": 0o444,
             },
@@ -607,7 +634,7 @@ def build_job_pod(t: Target) -> Manifest:
             {
                 "name": "docker-config",
                 "secret": {
-                    "secretName": names.DOCKER_CONFIG_SECRET,
+                    "secretName": t.spec.docker_config_secret.name,
                     "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
                 },
             }
@@ -640,13 +667,11 @@ def build_job_pod(t: Target) -> Manifest:
         "volumes": volumes,
     }
     if t.spec.image_pull_secrets:
-        spec["imagePullSecrets"] = [
-            {"name": names.pull_secret_copy(ref.name)} for ref in t.spec.image_pull_secrets
-        ]
+        spec["imagePullSecrets"] = [{"name": ref.name} for ref in t.spec.image_pull_secrets]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": _meta(t, names.JOB_POD, names.COMPONENT_JOB),
+        "metadata": _tenant_meta(t, names.job_pod(t.name)),
         "spec": spec,
     }
 

@@ -169,7 +169,7 @@ class Session:
             if not status.get("jobPod"):
                 return status  # it ended before there was a job pod (a refused spec, say)
             try:
-                for chunk in self.cluster.log(status["namespace"], status["jobPod"], follow):
+                for chunk in self.cluster.log(namespace, status["jobPod"], follow):
                     self.out.write(chunk)
                     self.out.flush()
             except urllib3.exceptions.HTTPError as e:

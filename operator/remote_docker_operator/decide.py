@@ -29,6 +29,8 @@ class Known:
     deadline_seconds: int
     ttl_seconds: int | None  # None: the spec is unreadable, so no TTL can be trusted
     job_namespace: str
+    namespace: str = ""  # the BuildJob's, where its job pod runs
+    job_pod: str = ""  # the job pod's name
     children_made: bool = False  # everything but the pods and the quota exists
     drift_check: bool = False  # re-read what exists instead of trusting what was made
     engine_stopped: bool = False  # the engine (and a cut-short job pod) was deleted
@@ -163,8 +165,8 @@ def provision(k: Known) -> list[Action]:
         SetStatus(
             "Running",
             st.JOB_RUNNING,
-            f"engine ready; job pod {k.job_namespace}/{names.JOB_POD} started",
-            {"jobPod": names.JOB_POD},
+            f"engine ready; job pod {k.namespace}/{k.job_pod} started",
+            {"jobPod": k.job_pod},
         ),
     ]
 

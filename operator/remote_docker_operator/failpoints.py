@@ -9,7 +9,6 @@ from .config import get_settings
 STEPS = (
     "namespace",
     "policies",
-    "secret-copies",
     "service",
     "tls",
     "engine-pod",

@@ -276,8 +276,8 @@ class BuildJobSpec(ApiModel):
     image_pull_secrets: list[LocalObjectReference] | None = Field(
         None,
         max_length=8,
-        description="Secrets in this namespace for pulling the job image; copied into the job's "
-        "namespace.",
+        description="Secrets in this namespace for pulling the job image (the job pod runs here "
+        "too).",
     )
     docker_config_secret: LocalObjectReference | None = Field(
         None,
@@ -327,10 +327,12 @@ class BuildJobStatus(ApiModel):
     )
     reason: str | None = Field(None, description="Why the BuildJob is in its phase (CamelCase).")
     message: str | None = Field(None, description="Details for a person.")
-    namespace: str | None = Field(None, description="The per-job namespace.")
+    namespace: str | None = Field(None, description="The engine's per-job namespace.")
     engine_class: str | None = Field(None, description="The EngineClass the engine runs with.")
     engine: EngineStatus | None = Field(None, description="The remote engine.")
-    job_pod: str | None = Field(None, description="Name of the job pod in the job namespace.")
+    job_pod: str | None = Field(
+        None, description="Name of the job pod, in the BuildJob's namespace (kubectl logs NAME)."
+    )
     exit_code: int | None = Field(None, description="Exit code of the job container.")
     start_time: str | None = Field(None, description="When provisioning started.")
     completion_time: str | None = Field(None, description="When the BuildJob finished.")

@@ -31,8 +31,9 @@ APP = "remote-docker-operator"
 LEASE_NAME = APP
 LEASE_API_VERSION = "coordination.k8s.io/v1"
 
-# Labels on every child object; the per-job namespace is cluster-scoped, so these labels (not an
-# ownerReference) are what links it back to its BuildJob.
+# Labels on every child object. The per-job namespace is cluster-scoped and the engine's side
+# lives there, so these labels (not an ownerReference) are what links it back to its BuildJob;
+# the job's side, in the BuildJob's own namespace, has an ownerReference as well.
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_OWNER_NAMESPACE = f"{GROUP}/buildjob-namespace"
@@ -49,14 +50,10 @@ COMPONENT_JOB = "job"
 
 # Child objects inside the per-job namespace. Fixed names make every create idempotent.
 ENGINE_POD = "engine"
-JOB_POD = "job"
 ENGINE_SERVICE = "engine"
 ENGINE_TLS_SECRET = "engine-tls"
-CLIENT_SECRET = "docker-client"
-DOCKER_CONFIG_SECRET = "docker-config"
 POLICY_DEFAULT_DENY = "default-deny"
 POLICY_ENGINE = "engine"
-POLICY_JOB = "job"
 QUOTA = "engine-quota"
 LIMIT_RANGE = "engine-limits"
 JOB_CONTAINER = "job"
@@ -94,6 +91,20 @@ def owns_namespace(namespace: dict[str, Any], uid: str) -> bool:
     )
 
 
-def pull_secret_copy(name: str) -> str:
-    """Name of the copy of a user's image pull secret inside the job namespace."""
-    return f"pull-{name}"
+# The job's side lives in the BuildJob's own namespace, named after the BuildJob (unique there),
+# so its owner reads the log with `kubectl logs NAME` and its env refers to their own Secrets.
+# JOB_POD is the job pod's role, the key it is known by beside ENGINE_POD.
+JOB_POD = "job"
+
+
+def job_pod(buildjob: str) -> str:
+    return buildjob
+
+
+def client_secret(buildjob: str) -> str:
+    """DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and the client certificate."""
+    return f"{buildjob}-docker"
+
+
+def job_policy(buildjob: str) -> str:
+    return f"{buildjob}-job"

@@ -95,25 +95,48 @@ class Reconciler:
         state.deleting = state.deleting or bool(meta.get("deletionTimestamp"))
         return state
 
-    def _pod(self, state: JobState, name: str, fresh: bool = False) -> Obj | None:
-        if state.started_here and name not in state.pods:
-            state.pods[name] = None
-        if fresh or name not in state.pods:
-            pod = self._owned(state, "Pod", name)
-            state.pods[name] = None if pod is None else pods.essence(pod)
-        return state.pods[name]
+    @staticmethod
+    def _pod_place(state: JobState, role: str) -> tuple[str, str]:
+        """Namespace and name of the BuildJob's engine pod or job pod (role: ENGINE_POD or
+        JOB_POD)."""
+        if role == names.ENGINE_POD:
+            return state.job_namespace, names.ENGINE_POD
+        return state.namespace, names.job_pod(state.name)
 
-    def _owned(self, state: JobState, kind: str, name: str | None = None) -> Obj | None:
-        """The child of that kind and name (no name: the job namespace itself), if it is this
-        BuildJob's; ForeignObject if something else stands there."""
+    def _pod(self, state: JobState, role: str, fresh: bool = False) -> Obj | None:
+        if state.started_here and role not in state.pods:
+            state.pods[role] = None
+        if fresh or role not in state.pods:
+            namespace, name = self._pod_place(state, role)
+            pod = self._owned(state, "Pod", name, namespace)
+            state.pods[role] = None if pod is None else pods.essence(pod)
+        return state.pods[role]
+
+    def _owned(
+        self, state: JobState, kind: str, name: str | None = None, namespace: str | None = None
+    ) -> Obj | None:
+        """The child of that kind and name (no name: the job namespace itself; no namespace:
+        in the job namespace), if it is this BuildJob's; ForeignObject if something else
+        stands there."""
         if kind == "Namespace":
             obj = self.kube.get(kind, None, state.job_namespace)
             where = state.job_namespace
         else:
             assert name is not None
-            obj = self.kube.get(kind, state.job_namespace, name)
-            where = f"{state.job_namespace}/{name}"
+            namespace = namespace or state.job_namespace
+            obj = self.kube.get(kind, namespace, name)
+            where = f"{namespace}/{name}"
         if obj is not None and not self._is_ours(state, obj):
+            labels = obj["metadata"].get("labels") or {}
+            if (
+                namespace == state.namespace
+                and labels.get(names.LABEL_MANAGED_BY) == names.APP
+                and labels.get(names.LABEL_OWNER_NAME) == state.name
+            ):
+                # The BuildJob was deleted and made again under its name: its predecessor's
+                # job pod, Secret or policy goes with it (the garbage collector, by their
+                # ownerReference), which takes a moment.
+                raise NotYet(f"{kind} {where} of an earlier BuildJob {state.name} is going", 1)
             raise ForeignObject(
                 f"{kind} {where} exists but was not made by the operator for this BuildJob; "
                 "it was left alone and nothing of this BuildJob was put in it"
@@ -136,7 +159,8 @@ class Reconciler:
 
     def pod_event(self, body: Obj, deleted: bool) -> None:
         """A pod with the operator's labels changed. Labels are anyone's to write: the pod
-        counts only when it stands in the job namespace of the BuildJob its labels name."""
+        counts only when it stands where the BuildJob its labels name has that pod (the engine
+        in the job namespace, the job pod under the BuildJob's name in its namespace)."""
         meta = body.get("metadata") or {}
         labels = meta.get("labels") or {}
         uid = labels.get(names.LABEL_OWNER_UID, "")
@@ -150,17 +174,25 @@ class Reconciler:
             if owner is None or owner["metadata"]["uid"] != uid:
                 return  # its BuildJob is gone; the namespace goes with it
             state = self.observe(owner)
-        if meta.get("namespace") != state.job_namespace:
+        role = (
+            names.ENGINE_POD
+            if labels.get(names.LABEL_COMPONENT) == names.COMPONENT_ENGINE
+            else names.JOB_POD
+        )
+        namespace, name = self._pod_place(state, role)
+        if (meta.get("namespace"), meta.get("name")) != (namespace, name):
             logger.warning(
-                "Ignored pod %s/%s: it claims BuildJob %s/%s, whose pods live in %s",
+                "Ignored pod %s/%s: it claims BuildJob %s/%s, whose %s pod is %s/%s",
                 meta.get("namespace"),
                 meta.get("name"),
                 state.namespace,
                 state.name,
-                state.job_namespace,
+                role,
+                namespace,
+                name,
             )
             return
-        self.reconcile(state, pod_event=body, pod_deleted=deleted)
+        self.reconcile(state, pod_event=body, pod_deleted=deleted, role=role)
 
     def forget(self, uid: str) -> None:
         with self._jobs_lock:
@@ -175,8 +207,10 @@ class Reconciler:
         drift_check: bool = False,
         pod_event: Obj | None = None,
         pod_deleted: bool = False,
+        role: str = names.ENGINE_POD,
     ) -> None:
-        """pod_event: the body a pod event brought (pod_deleted: the event said it went)."""
+        """pod_event: the body a pod event brought (pod_deleted: the event said it went), of
+        the pod in that role."""
         # Another trigger is already converging this BuildJob; a waiting thread would only
         # repeat its work. (API calls time out, so a holder never keeps the lock for long.)
         if not state.lock.acquire(timeout=LOCK_WAIT_SECONDS):
@@ -191,8 +225,7 @@ class Reconciler:
             # Stored under the lock, so a read in flight never overwrites a newer event; a
             # finished BuildJob reads its pods no more.
             if pod_event is not None and state.phase not in TERMINAL_PHASES:
-                name = pod_event["metadata"]["name"]
-                state.pods[name] = None if pod_deleted else pods.essence(pod_event)
+                state.pods[role] = None if pod_deleted else pods.essence(pod_event)
             self._guarded_step(state, drift_check)
         finally:
             state.lock.release()
@@ -265,6 +298,8 @@ class Reconciler:
             deadline_seconds=builders.deadline_seconds(spec, settings),
             ttl_seconds=None if spec is None else builders.ttl_seconds(spec, settings),
             job_namespace=state.job_namespace,
+            namespace=state.namespace,
+            job_pod=names.job_pod(state.name),
             children_made=state.provisioned,
             drift_check=drift_check,
             engine_stopped=state.cleaned,
@@ -283,15 +318,14 @@ class Reconciler:
                     return
                 case decide.MakeChildren(check_first=check_first):
                     self._make_children(state, self._target(state), check_first)
-                case decide.CreatePod(name=name):
+                case decide.CreatePod(name=role):
                     t = self._target(state)
-                    build = (
-                        builders.build_engine_pod
-                        if name == names.ENGINE_POD
-                        else (builders.build_job_pod)
-                    )
-                    self._create_pod(state, build(t))
-                    failpoints.reached(f"{name}-pod")
+                    if role == names.ENGINE_POD:
+                        self._create_pod(state, role, builders.build_engine_pod(t))
+                    else:
+                        self._check_secrets(state, t)
+                        self._create_pod(state, role, builders.build_job_pod(t))
+                    failpoints.reached(f"{role}-pod")
                 case decide.MakeQuota():
                     self._ensure(state, builders.build_quota(self._target(state)), False)
                 case decide.Finish():
@@ -299,12 +333,13 @@ class Reconciler:
                 case decide.StopPods(job_too=job_too):
                     self._delete(state, "Pod", names.ENGINE_POD, grace_period_seconds=5)
                     if job_too:
-                        self._delete(state, "Pod", names.JOB_POD, grace_period_seconds=0)
+                        self._delete_job_side(state, pod_only=True)
                     failpoints.reached("finished")
                     state.cleaned = True
                     state.pods.clear()
                 case decide.DeleteNamespace(ttl_seconds=ttl):
                     self._delete(state, "Namespace")
+                    self._delete_job_side(state)
                     # The status says so; an Event would say nothing new (and cost a write).
                     self._write(state, {**state.status, "cleanedUp": True})
                     logger.info(
@@ -354,9 +389,8 @@ class Reconciler:
             self._ensure(state, limits, check_first)
         for policy in builders.build_network_policies(t):
             self._ensure(state, policy, check_first)
+        self._ensure(state, builders.build_job_policy(t), check_first)
         failpoints.reached("policies")
-        self._copy_secrets(state, t, check_first)
-        failpoints.reached("secret-copies")
         service = self._ensure(state, builders.build_engine_service(t), check_first)
         failpoints.reached("service")
         self._ensure_tls(state, t, service["spec"].get("clusterIP"))
@@ -367,12 +401,13 @@ class Reconciler:
         """Creates the child, or adopts the one that exists when it is this BuildJob's; with
         check_first, one that is no longer what was built is put back as built."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
-        if check_first and (existing := self._owned(state, kind, name)) is not None:
+        where = manifest["metadata"].get("namespace")
+        if check_first and (existing := self._owned(state, kind, name, where)) is not None:
             return self._revert(manifest, existing)
         created = self.kube.create(manifest)
         if created is not None:
             return created
-        existing = self._owned(state, kind, name)
+        existing = self._owned(state, kind, name, where)
         if existing is None:  # deleted between our 409 and our read: try once more
             return self._ensure(state, manifest, check_first=False)
         logger.info("Adopted existing %s %s", kind.lower(), name)
@@ -397,9 +432,12 @@ class Reconciler:
         )
         return self.kube.replace(body)
 
-    def _copy_secrets(self, state: JobState, t: Target, check_first: bool) -> None:
-        wanted = [
-            (f"spec.imagePullSecrets[{i}].name", ref.name, names.pull_secret_copy(ref.name))
+    def _check_secrets(self, state: JobState, t: Target) -> None:
+        """The registry credentials the job pod will use, read in the BuildJob's namespace
+        before the pod is made: one missing or of another kind is a refusal that names the
+        field, not a pod stuck waiting for a volume."""
+        wanted: list[tuple[str, str, tuple[str, ...]]] = [
+            (f"spec.imagePullSecrets[{i}].name", ref.name, builders.DOCKER_CONFIG_TYPES)
             for i, ref in enumerate(t.spec.image_pull_secrets or [])
         ]
         if t.spec.docker_config_secret:
@@ -407,30 +445,18 @@ class Reconciler:
                 (
                     "spec.dockerConfigSecret.name",
                     t.spec.docker_config_secret.name,
-                    names.DOCKER_CONFIG_SECRET,
+                    builders.DOCKER_CONFIG_TYPES[:1],
                 )
             )
-        for field_path, source_name, copy_name in wanted:
+        for field_path, source_name, types in wanted:
             source = self.kube.get("Secret", t.namespace, source_name)
             if source is None:
-                # Deleted from the tenant's namespace after the copy was made: the running
-                # job keeps the copy it started with.
-                if check_first and self._owned(state, "Secret", copy_name):
-                    continue
                 raise InvalidSpec(f"{field_path}: Secret {t.namespace}/{source_name} not found")
-            # Only registry credentials travel: a Secret of any other type (a service-account
-            # token, a TLS key) is never copied out of the tenant's namespace.
-            types = (
-                builders.DOCKER_CONFIG_TYPES[:1]
-                if field_path.startswith("spec.dockerConfigSecret")
-                else builders.DOCKER_CONFIG_TYPES
-            )
             if source.get("type") not in types or not builders.registry_key(source):
                 raise InvalidSpec(
                     f"{field_path}: Secret {t.namespace}/{source_name} is of type "
                     f"{source.get('type')!r}; it must be {' or '.join(types)} with its key"
                 )
-            self._ensure(state, builders.build_secret_copy(t, source, copy_name), check_first)
 
     def _ensure_tls(self, state: JobState, t: Target, cluster_ip: str | None) -> None:
         """Both TLS secrets, from one CA. A mismatched or half-written pair (a crash between the
@@ -440,7 +466,8 @@ class Reconciler:
         ):
             return  # else one existed after all (409): read both and check, as below
         secrets = [
-            self._owned(state, "Secret", n) for n in (names.CLIENT_SECRET, names.ENGINE_TLS_SECRET)
+            self._owned(state, "Secret", names.client_secret(state.name), state.namespace),
+            self._owned(state, "Secret", names.ENGINE_TLS_SECRET),
         ]
         prints = {
             ((s or {}).get("metadata", {}).get("annotations") or {}).get(
@@ -468,8 +495,7 @@ class Reconciler:
         )
         return builders.build_client_secret(t, bundle), builders.build_engine_tls_secret(t, bundle)
 
-    def _create_pod(self, state: JobState, manifest: Obj) -> None:
-        name = manifest["metadata"]["name"]
+    def _create_pod(self, state: JobState, role: str, manifest: Obj) -> None:
         try:
             created = self.kube.create(manifest)
         except ApiException as e:
@@ -480,14 +506,14 @@ class Reconciler:
             # A field the user gave us refused (400, 422), or an admission rule (403: a
             # LimitRange maximum, Pod Security, a policy): either way this pod cannot be.
             if e.status in (400, 403, 422):
-                raise InvalidSpec(_refused_pod_message(e, name)) from e
+                raise InvalidSpec(_refused_pod_message(e, role)) from e
             raise
         # What the API server returned is as new as the watch's next event; one that already
         # existed (409) is read when next needed.
         if created is None:
-            state.pods.pop(name, None)
+            state.pods.pop(role, None)
         else:
-            state.pods[name] = pods.essence(created)
+            state.pods[role] = pods.essence(created)
 
     # -- finishing ----------------------------------------------------------------------------
 
@@ -500,18 +526,28 @@ class Reconciler:
         """Nothing that is not this BuildJob's own is touched (_delete checks)."""
         self._run(state, decide.finish(self._known(state)))
 
+    def _delete_job_side(self, state: JobState, pod_only: bool = False) -> None:
+        """The job pod and, unless pod_only, its Secret and NetworkPolicy: what the BuildJob has
+        in its own namespace (the garbage collector removes them with the BuildJob too)."""
+        namespace, pod = self._pod_place(state, names.JOB_POD)
+        self._delete(state, "Pod", pod, grace_period_seconds=0, namespace=namespace)
+        if not pod_only:
+            self._delete(state, "Secret", names.client_secret(state.name), namespace=namespace)
+            self._delete(state, "NetworkPolicy", names.job_policy(state.name), namespace=namespace)
+
     def _delete(
         self,
         state: JobState,
         kind: str,
         name: str | None = None,
         grace_period_seconds: int | None = None,
+        namespace: str | None = None,
     ) -> None:
         """Deletes a child if, and only if, it is this BuildJob's: read, check its labels (and a
         namespace's name), delete with the uid read as precondition."""
         try:
-            obj = self._owned(state, kind, name)
-        except ForeignObject as e:
+            obj = self._owned(state, kind, name, namespace)
+        except (ForeignObject, NotYet) as e:
             logger.warning("BuildJob %s/%s: not deleting: %s", state.namespace, state.name, e)
             return
         if obj is not None:
@@ -585,6 +621,9 @@ class Reconciler:
         with state.lock:
             state.deleting = True
             self._delete(state, "Namespace")
+            # Gone with the BuildJob anyway (ownerReferences), but the name is free for a
+            # BuildJob made again under it as soon as this returns.
+            self._delete_job_side(state)
             meta = body["metadata"]
             if names.LEGACY_FINALIZER in (meta.get("finalizers") or []):
                 self.kube.remove_finalizer(names.KIND, meta, names.LEGACY_FINALIZER)
@@ -660,12 +699,12 @@ _FIELD_OF = {
 }
 
 
-def _refused_pod_message(e: ApiException, pod: str) -> str:
+def _refused_pod_message(e: ApiException, role: str) -> str:
     """The API server's reason, with the pod's field paths turned into the BuildJob's."""
     try:
         message = str(json.loads(e.body or "").get("message", e.reason))
     except (TypeError, ValueError):
         message = str(e.reason)
-    for pod_path, spec_path in _FIELD_OF[pod].items():
+    for pod_path, spec_path in _FIELD_OF[role].items():
         message = message.replace(pod_path, spec_path)
     return "the API server refused the pod: " + message

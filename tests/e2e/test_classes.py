@@ -63,7 +63,7 @@ def test_engine_runs_only_on_a_node_its_class_selects(
         assert (
             wait_for(lambda: scheduled(kube, job_ns, names.ENGINE_POD), what="scheduling") == "no"
         )
-        assert wait_for(lambda: scheduled(kube, job_ns, names.JOB_POD), what="job pod") == "yes"
+        assert wait_for(lambda: scheduled(kube, ns, "placed"), what="job pod") == "yes"
         cluster.kubectl("label", "node", NODE, f"{POOL_LABEL}=b")
         status = kube.wait_phase(ns, "placed", "Succeeded", "Failed", timeout=300)
         assert status["phase"] == "Succeeded", status
@@ -87,7 +87,7 @@ def test_engine_tolerates_what_its_class_tolerates(
         # The engine tolerates the taint and lands; the job pod (the class does not place it)
         # does not: the taint really keeps pods off.
         assert wait_for(lambda: scheduled(kube, job_ns, names.ENGINE_POD), what="engine") == "yes"
-        assert wait_for(lambda: scheduled(kube, job_ns, names.JOB_POD), what="job pod") == "no"
+        assert wait_for(lambda: scheduled(kube, ns, "tol"), what="job pod") == "no"
     finally:
         cluster.kubectl("taint", "node", NODE, f"{TAINT}-")
     status = kube.wait_phase(ns, "tol", "Succeeded", "Failed", timeout=300)
@@ -111,12 +111,12 @@ def test_runtime_class_handler_is_used(
         ns, "rt", job("sleep 30", engine={"className": traced, "imagePullPolicy": "Never"})
     )
     job_ns = kube.wait_phase(ns, "rt", "Running", timeout=300)["namespace"]
-    engine, job_pod = (kube.pod(job_ns, p) for p in (names.ENGINE_POD, names.JOB_POD))
+    engine, job_pod = kube.pod(job_ns, names.ENGINE_POD), kube.pod(ns, names.job_pod("rt"))
     assert engine.spec.runtime_class_name == runtime
     engine_id = engine.status.container_statuses[0].container_id.removeprefix("containerd://")
 
     def job_container_id() -> str | None:
-        statuses = kube.pod(job_ns, names.JOB_POD).status.container_statuses or []
+        statuses = kube.pod(ns, names.job_pod("rt")).status.container_statuses or []
         return statuses[0].container_id if statuses else None
 
     job_id = wait_for(job_container_id, what="the job container").removeprefix("containerd://")

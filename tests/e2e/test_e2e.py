@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 from kubernetes.stream import stream
 
+from remote_docker_operator import names
+
 from ..support import Kube, OperatorProcess, wait_for
 from .conftest import BUSYBOX, JOB_IMAGE
 
@@ -42,8 +44,10 @@ def job(script: str, **extra: Any) -> dict[str, Any]:
     }
 
 
-def job_log(kube: Kube, status: dict[str, Any]) -> str:
-    text: str = kube.core.read_namespaced_pod_log("job", status["namespace"])
+def job_log(kube: Kube, ns: str, name: str) -> str:
+    """The job's log, where its owner reads it: `kubectl logs NAME` in the BuildJob's
+    namespace."""
+    text: str = kube.core.read_namespaced_pod_log(names.job_pod(name), ns)
     return text
 
 
@@ -56,7 +60,7 @@ def run(
 ) -> tuple[dict[str, Any], str]:
     kube.create_buildjob(ns, name, job(script, **extra))
     status = kube.wait_phase(ns, name, "Succeeded", "Failed", timeout=timeout)
-    return status, job_log(kube, status)
+    return status, job_log(kube, ns, name)
 
 
 def run_checks(kube: Kube, ns: str, name: str, script: str, **extra: Any) -> dict[str, str]:
@@ -84,6 +88,39 @@ docker run --rm app
 docker buildx build -q -t app-buildx . >/dev/null && echo "buildx built"
 docker version --format 'engine={{{{.Server.Version}}}}'
 """
+
+
+def test_job_runs_beside_its_buildjob_with_its_owners_secrets(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """The job pod runs in the BuildJob's namespace, as a real kubelet resolves it: env and
+    envFrom name the owner's own Secret and ConfigMap, and the log is `kubectl logs NAME`
+    there."""
+    kube.core.create_namespaced_secret(
+        ns, {"metadata": {"name": "ci-token"}, "stringData": {"token": "s3cret-value"}}
+    )
+    kube.core.create_namespaced_config_map(
+        ns, {"metadata": {"name": "ci-settings"}, "data": {"STAGE": "test"}}
+    )
+    spec = job('echo "CHECK token=$TOKEN"; echo "CHECK stage=$STAGE"; docker version >/dev/null')
+    spec["job"]["env"] = [
+        {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "ci-token", "key": "token"}}}
+    ]
+    spec["job"]["envFrom"] = [{"configMapRef": {"name": "ci-settings"}}]
+    kube.create_buildjob(ns, "owned", spec)
+    status = kube.wait_phase(ns, "owned", "Succeeded", "Failed", timeout=300)
+    output = job_log(kube, ns, "owned")
+    assert status["phase"] == "Succeeded", (status, output)
+    assert status["jobPod"] == "owned"
+    assert checks(output) == {"token": "s3cret-value", "stage": "test"}
+    pod = kube.pod(ns, "owned")
+    assert [r.kind for r in pod.metadata.owner_references] == ["BuildJob"]
+    # The engine's side stays in its own namespace, where the job pod is not.
+    wait_for(
+        lambda: not kube.core.list_namespaced_pod(status["namespace"]).items,
+        timeout=60,
+        what="the engine stopped, and nothing else there",
+    )
 
 
 def test_build_and_run_through_the_remote_engine(
@@ -232,7 +269,7 @@ true
     )
     kube.create_buildjob(ns, "egress", job(script, network={"jobEgress": egress}))
     status = kube.wait_phase(ns, "egress", "Succeeded", "Failed", timeout=300)
-    output = job_log(kube, status)
+    output = job_log(kube, ns, "egress")
     assert status["phase"] == "Succeeded", (status, output)
     assert checks(output) == {"own-engine-tls": "open", "dns": "open", "job-internet": expected}
 
@@ -240,18 +277,18 @@ true
 MATRIX_SIZE = 3
 
 
-def exec_in_job(kube: Kube, job_namespace: str, script: str) -> str:
+def exec_in_job(kube: Kube, ns: str, name: str, script: str) -> str:
     """Runs a bash script in a running job pod (kubectl exec); returns stdout and stderr."""
     output: str = stream(
         kube.core.connect_get_namespaced_pod_exec,
-        "job",
-        job_namespace,
+        names.job_pod(name),
+        ns,
         container="job",
         command=["bash", "-c", script],
         stderr=True,
         stdout=True,
     )
-    print(job_namespace, output)  # shown by pytest when an assertion on the result fails
+    print(name, output)  # shown by pytest when an assertion on the result fails
     return output
 
 
@@ -273,11 +310,11 @@ DOCKER_HOST=tcp://engine.{job_ns[target]}.svc:2376 timeout 20 docker version >/d
     for source in jobs:
         # The job container starts once its init container has reached the engine.
         wait_for(
-            lambda s=source: kube.pod(job_ns[s], "job").status.phase == "Running",
+            lambda s=source: kube.pod(ns, s).status.phase == "Running",
             timeout=120,
             what=f"job pod of {source} running",
         )
-        found[source] = checks(exec_in_job(kube, job_ns[source], script))
+        found[source] = checks(exec_in_job(kube, ns, source, script))
     expected = {
         source: {
             f"{probe}-{target}": "open" if source == target else "closed"
@@ -290,14 +327,14 @@ DOCKER_HOST=tcp://engine.{job_ns[target]}.svc:2376 timeout 20 docker version >/d
 
     # Certificates alone refuse a stranger too: the first job's own engine, reached through the
     # open path, with the second job's client certificate (the first's CA, to trust the server).
-    other = kube.core.read_namespaced_secret("docker-client", job_ns[jobs[1]]).data
+    other = kube.core.read_namespaced_secret(names.client_secret(jobs[1]), ns).data
     foreign = f"""mkdir -p /tmp/foreign && cp /certs/client/ca.pem /tmp/foreign/
 echo {other["cert.pem"]} | base64 -d > /tmp/foreign/cert.pem
 echo {other["key.pem"]} | base64 -d > /tmp/foreign/key.pem
 DOCKER_CERT_PATH=/tmp/foreign timeout 20 docker version 2>&1 && echo "CHECK foreign=open" \\
   || echo "CHECK foreign=closed"
 """
-    output = exec_in_job(kube, job_ns[jobs[0]], foreign)
+    output = exec_in_job(kube, ns, jobs[0], foreign)
     assert checks(output) == {"foreign": "closed"}, output
     assert "certificate" in output, output  # refused in the TLS handshake, not for another cause
 
@@ -354,7 +391,10 @@ def test_deadline_ends_a_long_job(kube: Kube, operator: OperatorProcess, ns: str
     status = kube.wait_phase(ns, "slow", "Failed", timeout=120)
     assert status["reason"] == "DeadlineExceeded"
     wait_for(
-        lambda: not kube.core.list_namespaced_pod(status["namespace"]).items,
+        lambda: (
+            not kube.core.list_namespaced_pod(status["namespace"]).items
+            and kube.pod(ns, "slow") is None
+        ),
         timeout=60,
         what="pods gone",
     )

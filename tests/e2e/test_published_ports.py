@@ -77,7 +77,7 @@ probe own-8080 "$host" 8080
     kube.create_buildjob(ns, "a", job(PROBE + LOAD_BUSYBOX + own + "sleep 600\n", network=OPENED))
     status: dict[str, Any] = kube.wait_phase(ns, "a", "Running", timeout=300)
     wait_for(
-        lambda: "CHECK own-8080=open" in log_so_far(kube, status),
+        lambda: "CHECK own-8080=open" in log_so_far(kube, ns, "a"),
         timeout=120,
         what="job A serving on its published 8080, and reaching it",
     )
@@ -121,10 +121,10 @@ def test_testcontainers_unchanged_against_the_remote_engine(
     assert found == {"host-is-the-engine": "yes", "testcontainers": reached}
 
 
-def log_so_far(kube: Kube, status: dict[str, Any]) -> str:
+def log_so_far(kube: Kube, ns: str, name: str) -> str:
     """The job's log, or nothing while its container has not started (400)."""
     try:
-        return job_log(kube, status)
+        return job_log(kube, ns, name)
     except ApiException as e:
         if e.status != 400:
             raise

@@ -21,7 +21,13 @@ RUNNING_SPEC: dict[str, Any] = {
     "job": {"image": "local/job:1"},
     "imagePullSecrets": [{"name": "regcred"}],
 }
-PULL_COPY = names.pull_secret_copy("regcred")
+# The BuildJob's job side lives beside it (in `ns`), named after it; the rest in its job
+# namespace.
+BESIDE = frozenset({names.job_pod("bj"), names.client_secret("bj"), names.job_policy("bj")})
+
+
+def _where(ns: str, job_ns: str, child: str) -> str:
+    return ns if child in BESIDE else job_ns
 
 
 def _read(kube: Kube, kind: str, ns: str, name: str) -> Any:
@@ -70,9 +76,8 @@ def _start(kube: Kube, ns: str, name: str) -> str:
 RECREATED = [
     ("NetworkPolicy", "default-deny"),
     ("NetworkPolicy", "engine"),
-    ("NetworkPolicy", "job"),
+    ("NetworkPolicy", names.job_policy("bj")),
     ("Service", names.ENGINE_SERVICE),
-    ("Secret", PULL_COPY),
 ]
 
 
@@ -82,17 +87,18 @@ def test_deleted_child_is_recreated(
 ) -> None:
     """The resync timer's drift check puts the child back; the job keeps running."""
     job_ns = _start(kube, ns, "bj")
-    old = _uid(wait_for(lambda: _read(kube, kind, job_ns, child), what=f"{kind} {child}"))
+    at = _where(ns, job_ns, child)
+    old = _uid(wait_for(lambda: _read(kube, kind, at, child), what=f"{kind} {child}"))
     engine_uid = _uid(_read(kube, "Pod", job_ns, names.ENGINE_POD))
-    job_uid = _uid(_read(kube, "Pod", job_ns, names.JOB_POD))
-    _delete(kube, kind, job_ns, child)
+    job_uid = _uid(_read(kube, "Pod", ns, names.job_pod("bj")))
+    _delete(kube, kind, at, child)
     new = wait_for(
-        lambda: _uid(_read(kube, kind, job_ns, child)) not in (None, old),
+        lambda: _uid(_read(kube, kind, at, child)) not in (None, old),
         timeout=60,
         what=f"{kind} {child} recreated",
     )
     assert new
-    recreated = _read(kube, kind, job_ns, child)
+    recreated = _read(kube, kind, at, child)
     labels = recreated.metadata.labels or {}
     assert labels.get(names.LABEL_MANAGED_BY) == names.APP
     assert labels.get(names.LABEL_OWNER_NAME) == "bj"
@@ -100,7 +106,7 @@ def test_deleted_child_is_recreated(
     assert status["phase"] == "Running", status
     # The pods were not touched on the way.
     assert _uid(_read(kube, "Pod", job_ns, names.ENGINE_POD)) == engine_uid
-    assert _uid(_read(kube, "Pod", job_ns, names.JOB_POD)) == job_uid
+    assert _uid(_read(kube, "Pod", ns, names.job_pod("bj"))) == job_uid
     assert operator.alive()
     kube.delete_buildjob(ns, "bj")
 
@@ -108,9 +114,9 @@ def test_deleted_child_is_recreated(
 FATAL = [
     # The TLS pair cannot be reissued under a running engine (reconcile._ensure_tls).
     ("Secret", names.ENGINE_TLS_SECRET, {"ChildDeleted"}),
-    ("Secret", names.CLIENT_SECRET, {"ChildDeleted"}),
+    ("Secret", names.client_secret("bj"), {"ChildDeleted"}),
     ("Pod", names.ENGINE_POD, {"EngineFailed"}),
-    ("Pod", names.JOB_POD, {"JobPodDeleted"}),
+    ("Pod", names.job_pod("bj"), {"JobPodDeleted"}),
 ]
 
 
@@ -119,7 +125,7 @@ def test_deleted_child_fails_the_buildjob(
     kube: Kube, operator: OperatorProcess, ns: str, kind: str, child: str, reasons: set[str]
 ) -> None:
     job_ns = _start(kube, ns, "bj")
-    _delete(kube, kind, job_ns, child)
+    _delete(kube, kind, _where(ns, job_ns, child), child)
     status = kube.wait_phase(ns, "bj", "Failed", timeout=60)
     assert status["reason"] in reasons, status
     assert status.get("message"), status
@@ -131,14 +137,14 @@ def test_deleted_child_fails_the_buildjob(
     wait_for(
         lambda: (
             _read(kube, "Pod", job_ns, names.ENGINE_POD) is None
-            and _read(kube, "Pod", job_ns, names.JOB_POD) is None
+            and _read(kube, "Pod", ns, names.job_pod("bj")) is None
         ),
         timeout=60,
         what="pods deleted after failing",
     )
     assert kube.namespace_exists(job_ns)
     if kind == "Secret":  # not reissued behind the failed BuildJob's back
-        assert _read(kube, "Secret", job_ns, child) is None
+        assert _read(kube, "Secret", _where(ns, job_ns, child), child) is None
     assert operator.alive()
     kube.delete_buildjob(ns, "bj")
 
@@ -168,9 +174,15 @@ def test_deleted_job_namespace_fails_and_is_not_rebuilt(
 EDITS: list[tuple[str, str, dict[str, Any], Callable[[Any], Any]]] = [
     (
         "NetworkPolicy",
-        "job",
+        names.job_policy("bj"),
         {"spec": {"egress": [{}]}},  # one rule that allows everything
         lambda o: o.spec.egress,
+    ),
+    (
+        "NetworkPolicy",
+        "engine",
+        {"spec": {"ingress": [{}]}},  # the engine open to any pod
+        lambda o: o.spec.ingress,
     ),
     (
         "Service",
@@ -178,7 +190,6 @@ EDITS: list[tuple[str, str, dict[str, Any], Callable[[Any], Any]]] = [
         {"spec": {"selector": {names.LABEL_COMPONENT: names.COMPONENT_JOB}}},
         lambda o: o.spec.selector,
     ),
-    ("Secret", PULL_COPY, {"data": {".dockerconfigjson": "e30K"}}, lambda o: o.data),
 ]
 
 
@@ -207,25 +218,26 @@ def test_edited_child_is_reverted(
     """Drift in content, not only in existence: the resync puts the child back as built, in
     place (same uid), and then leaves it alone."""
     job_ns = _start(kube, ns, "bj")
-    built = wait_for(lambda: _read(kube, kind, job_ns, child), what=f"{kind} {child}")
+    at = _where(ns, job_ns, child)
+    built = wait_for(lambda: _read(kube, kind, at, child), what=f"{kind} {child}")
     # Control: with nothing changed, several resyncs (RDO_RESYNC_SECONDS=1) write nothing.
     time.sleep(3)
-    assert _read(kube, kind, job_ns, child).metadata.resource_version == (
+    assert _read(kube, kind, at, child).metadata.resource_version == (
         built.metadata.resource_version
     )
-    _patch(kube, kind, job_ns, child, patch)
-    edited = _read(kube, kind, job_ns, child)
+    _patch(kube, kind, at, child, patch)
+    edited = _read(kube, kind, at, child)
     assert field(edited) != field(built), "the edit did not land"
     wait_for(
-        lambda: field(_read(kube, kind, job_ns, child)) == field(built),
+        lambda: field(_read(kube, kind, at, child)) == field(built),
         timeout=60,
         what=f"{kind} {child} reverted",
     )
-    reverted = _read(kube, kind, job_ns, child)
+    reverted = _read(kube, kind, at, child)
     assert reverted.metadata.uid == built.metadata.uid
     # Reverted once, then left alone: no write loop against the API server's own defaults.
     time.sleep(3)
-    assert _read(kube, kind, job_ns, child).metadata.resource_version == (
+    assert _read(kube, kind, at, child).metadata.resource_version == (
         reverted.metadata.resource_version
     )
     assert kube.status(ns, "bj")["phase"] == "Running"

@@ -60,7 +60,7 @@ def test_prefix_change_keeps_existing_namespaces(
     assert old_ns.startswith("bj-")
     restore_operator.restart(RDO_NAMESPACE_PREFIX="pp-")
     # The running BuildJob is still followed in its own namespace...
-    kube.core.delete_namespaced_pod(names.JOB_POD, old_ns)
+    kube.core.delete_namespaced_pod(names.job_pod("old"), ns)
     assert kube.wait_phase(ns, "old", "Failed")["reason"] == "JobPodDeleted"
     # ...and its namespace is the one cleaned up after the TTL.
     wait_for(lambda: not kube.namespace_exists(old_ns), timeout=60, what="old namespace gone")

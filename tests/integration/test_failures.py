@@ -4,9 +4,9 @@ kubelet's own words, instead of waiting for its deadline.
 
 The triggers are what a user could write: an image tag `does-not-exist` cannot be pulled, an
 engine image tagged `never-answers` runs but never answers its job pod's wait-for-engine, and an
-env or envFrom reference to a Secret or ConfigMap that is not in the job namespace cannot be
-resolved. A reference to one the job namespace does hold, or an optional one, is the positive
-control: the same stage lets that job run.
+env or envFrom reference to a Secret or ConfigMap named `missing-*` (the stage's stand-in for
+one the BuildJob's namespace lacks) cannot be resolved. Other references, or optional ones, are
+the positive control: the same stage lets that job run.
 """
 
 from typing import Any
@@ -38,7 +38,7 @@ def assert_cut_short(kube: Kube, ns: str, name: str, job_ns: str, reason: str) -
     kube.wait_event(ns, name, "Warning", reason)
     wait_for(
         lambda: (
-            kube.pod(job_ns, names.ENGINE_POD) is None and kube.pod(job_ns, names.JOB_POD) is None
+            kube.pod(job_ns, names.ENGINE_POD) is None and kube.pod(ns, names.job_pod(name)) is None
         ),
         timeout=SETTLE,
         what=f"both pods of {ns}/{name} deleted",
@@ -79,24 +79,39 @@ def test_engine_never_answers(kube: Kube, operator: OperatorProcess, ns: str) ->
     assert_cut_short(kube, ns, "silent", status["namespace"], "EngineFailed")
 
 
-# (id, spec.job fields, the kubelet's message). The user's namespace holds each of these
-# objects: what the job pod sees is its own namespace, which does not.
+# (id, spec.job fields, the kubelet's message): references to what the BuildJob's namespace
+# lacks.
 MISSING_REFS: list[tuple[str, dict[str, Any], str]] = [
     (
         "env-secret",
-        {"env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "app", "key": "k"}}}]},
-        'secret "app" not found',
+        {
+            "env": [
+                {
+                    "name": "TOKEN",
+                    "valueFrom": {"secretKeyRef": {"name": "missing-app", "key": "k"}},
+                }
+            ]
+        },
+        'secret "missing-app" not found',
     ),
     (
         "env-configmap",
-        {"env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "app", "key": "k"}}}]},
-        'configmap "app" not found',
+        {
+            "env": [
+                {"name": "K", "valueFrom": {"configMapKeyRef": {"name": "missing-app", "key": "k"}}}
+            ]
+        },
+        'configmap "missing-app" not found',
     ),
-    ("envFrom-secret", {"envFrom": [{"secretRef": {"name": "app"}}]}, 'secret "app" not found'),
+    (
+        "envFrom-secret",
+        {"envFrom": [{"secretRef": {"name": "missing-app"}}]},
+        'secret "missing-app" not found',
+    ),
     (
         "envFrom-configmap",
-        {"envFrom": [{"configMapRef": {"name": "app"}}]},
-        'configmap "app" not found',
+        {"envFrom": [{"configMapRef": {"name": "missing-app"}}]},
+        'configmap "missing-app" not found',
     ),
 ]
 
@@ -126,13 +141,16 @@ def test_job_refers_to_what_its_namespace_lacks(
 def test_job_refers_to_what_its_namespace_holds(
     kube: Kube, operator: OperatorProcess, ns: str
 ) -> None:
-    """Positive control: references the job namespace resolves (the operator's client Secret,
-    the ConfigMap every namespace gets) or that are optional run, through the same stage."""
+    """Positive control: references to what the BuildJob's namespace holds (the operator's
+    client Secret, the user's own objects, the ConfigMap every namespace gets) or optional
+    ones run, through the same stage."""
     make_user_objects(kube, ns)
     env = [
         {
             "name": "HOST",
-            "valueFrom": {"secretKeyRef": {"name": names.CLIENT_SECRET, "key": "DOCKER_HOST"}},
+            "valueFrom": {
+                "secretKeyRef": {"name": names.client_secret("resolves"), "key": "DOCKER_HOST"}
+            },
         },
         {
             "name": "CA",
@@ -140,13 +158,14 @@ def test_job_refers_to_what_its_namespace_holds(
         },
         {
             "name": "OPT",
-            "valueFrom": {"secretKeyRef": {"name": "app", "key": "k", "optional": True}},
+            "valueFrom": {"secretKeyRef": {"name": "missing-app", "key": "k", "optional": True}},
         },
         {"name": "KWOK_EXIT_CODE", "value": "0"},
     ]
     env_from = [
         {"configMapRef": {"name": "kube-root-ca.crt"}},
-        {"secretRef": {"name": "app", "optional": True}},
+        {"secretRef": {"name": "app"}},
+        {"secretRef": {"name": "missing-app", "optional": True}},
     ]
     kube.create_buildjob(ns, "resolves", {"job": job(env=env, envFrom=env_from)})
     status = finish(kube, ns, "resolves")
@@ -155,3 +174,21 @@ def test_job_refers_to_what_its_namespace_holds(
         "Succeeded",
         0,
     ), status
+
+
+def test_pod_security_of_the_buildjobs_namespace_applies(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """The job pod runs in the BuildJob's namespace, so that namespace's Pod Security level
+    applies: "restricted" refuses a job running as root, and the BuildJob says so."""
+    level = "pod-security.kubernetes.io/enforce"
+    kube.core.patch_namespace(ns, {"metadata": {"labels": {level: "restricted"}}})
+    kube.create_buildjob(ns, "strict", {"job": job()})
+    status = finish(kube, ns, "strict")
+    assert (status["phase"], status["reason"]) == ("Failed", "InvalidSpec"), status
+    assert 'violates PodSecurity "restricted:latest"' in status["message"], status
+    assert "runAsNonRoot" in status["message"], status
+    # Positive control: at "baseline" the same job runs.
+    kube.core.patch_namespace(ns, {"metadata": {"labels": {level: "baseline"}}})
+    kube.create_buildjob(ns, "fine", {"job": job()})
+    assert finish(kube, ns, "fine")["reason"] == "Succeeded"

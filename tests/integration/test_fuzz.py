@@ -103,15 +103,16 @@ env_names = st.from_regex(r"\A[A-Za-z_][A-Za-z0-9_.]{0,15}\Z").filter(
     lambda n: n != "KWOK_EXIT_CODE"
 )
 env_values = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=40)
-# References resolve in the job namespace (not the BuildJob's): there only the operator's Secrets
-# and kube-root-ca.crt exist, so some-secret, cfg, creds and missing-one never do.
+# References resolve in the BuildJob's namespace; the kwok stage's stand-in for one that is not
+# there is a name starting with missing- (cluster/kwok-stages.yaml).
 value_from = st.sampled_from(
     [
         {"secretKeyRef": {"name": "some-secret", "key": "token"}},
-        {"secretKeyRef": {"name": "some-secret", "key": "token", "optional": True}},
-        {"secretKeyRef": {"name": names.CLIENT_SECRET, "key": "DOCKER_HOST"}},
+        {"secretKeyRef": {"name": "missing-secret", "key": "token"}},
+        {"secretKeyRef": {"name": "missing-secret", "key": "token", "optional": True}},
         {"configMapKeyRef": {"name": "some-config", "key": "k"}},
-        {"configMapKeyRef": {"name": "some-config", "key": "k", "optional": True}},
+        {"configMapKeyRef": {"name": "missing-config", "key": "k"}},
+        {"configMapKeyRef": {"name": "missing-config", "key": "k", "optional": True}},
         {"configMapKeyRef": {"name": "kube-root-ca.crt", "key": "ca.crt"}},
         {"fieldRef": {"fieldPath": "metadata.name"}},
         {"resourceFieldRef": {"resource": "limits.cpu", "containerName": "job"}},
@@ -554,9 +555,8 @@ def _refs(job: Spec) -> list[tuple[str, Spec]]:
     return found
 
 
-# What a job namespace holds for the job container to refer to: the Secrets its pod mounts (the
-# fuzzed specs never copy pull secrets) and the ConfigMap every namespace gets.
-JOB_NAMESPACE_HOLDS = {("secret", names.CLIENT_SECRET), ("configmap", "kube-root-ca.crt")}
+# What the BuildJob's namespace lacks, as the kwok stage plays it.
+MISSING = "missing-"
 
 
 def _pull_failed(image: str) -> str:
@@ -580,7 +580,7 @@ def kubelet_refusal(spec: Spec) -> tuple[str, str] | None:
     if job["image"].endswith(PULL_FAILS):
         return "ImagePullFailed", f"the job container cannot start: {_pull_failed(job['image'])}"
     for kind, ref in _refs(job):
-        if ref.get("optional") is not True and (kind, ref.get("name")) not in JOB_NAMESPACE_HOLDS:
+        if ref.get("optional") is not True and str(ref.get("name")).startswith(MISSING):
             return "InvalidSpec", (
                 "the job container cannot start: CreateContainerConfigError: "
                 f'{kind} "{ref.get("name")}" not found'

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import NetworkingV1Api
+from kubernetes.client import ApiClient, NetworkingV1Api
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import new_client_from_config
 
@@ -240,12 +240,12 @@ def test_class_admits_within_bounds(
     job_ns = status["namespace"]
     engine_pod = kube.pod(job_ns, names.ENGINE_POD)
     assert engine_pod.spec.containers[0].image == "local/dind:26"
-    for pod in (engine_pod, kube.pod(job_ns, names.JOB_POD)):
+    for pod in (engine_pod, kube.pod(ns, names.job_pod("good"))):
         assert pod.spec.active_deadline_seconds is not None  # ends even without the operator
     limits = kube.core.read_namespaced_limit_range(names.LIMIT_RANGE, job_ns)
     assert limits.spec.limits[0].max == {"cpu": "2", "memory": "4Gi"}
     quota = kube.core.read_namespaced_resource_quota(names.QUOTA, job_ns)
-    assert quota.spec.hard["pods"] == "2"
+    assert quota.spec.hard["pods"] == "1"
     # Both IP families are fenced: the default denied ranges include IPv6's private ones.
     policy = NetworkingV1Api(kube.client).read_namespaced_network_policy("engine", job_ns)
     blocks = {p.ip_block.cidr: p.ip_block._except for p in policy.spec.egress[1].to}
@@ -299,7 +299,7 @@ def test_foreign_pod_cannot_finish_a_victim(
         log_mark = operator.log.stat().st_size
         fake = {
             "metadata": {
-                "name": names.JOB_POD,
+                "name": names.job_pod("victim"),
                 "labels": {
                     names.LABEL_MANAGED_BY: names.APP,
                     names.LABEL_OWNER_NAMESPACE: victim_ns,
@@ -312,7 +312,7 @@ def test_foreign_pod_cannot_finish_a_victim(
         }
         tenant.core.create_namespaced_pod(ns, fake)
         wait_for(
-            lambda: tenant.core.read_namespaced_pod(names.JOB_POD, ns).status.phase == "Succeeded",
+            lambda: tenant.core.read_namespaced_pod("victim", ns).status.phase == "Succeeded",
             what="the fake job pod to exit 0",
         )
         time.sleep(3)  # three resync periods
@@ -321,9 +321,9 @@ def test_foreign_pod_cannot_finish_a_victim(
         assert kube.pod(status["namespace"], names.ENGINE_POD) is not None
         # The event did reach the operator: it was seen, and refused.
         log = operator.log.read_text(errors="replace")[log_mark:]
-        assert f"Ignored pod {ns}/{names.JOB_POD}" in log
+        assert f"Ignored pod {ns}/victim" in log
         # Positive control: the victim's own job pod does move it.
-        kube.core.delete_namespaced_pod(names.JOB_POD, status["namespace"])
+        kube.core.delete_namespaced_pod(names.job_pod("victim"), victim_ns)
         assert kube.wait_phase(victim_ns, "victim", "Failed")["reason"] == "JobPodDeleted"
     finally:
         kube.core.delete_namespace(victim_ns)
@@ -340,7 +340,7 @@ def test_written_status_namespace_misdirects_nothing(
     kube.create_namespace(precious)
     wait_for(lambda: kube.core.list_namespaced_service_account(precious).items, what="default SA")
     try:
-        for pod in (names.ENGINE_POD, names.JOB_POD):
+        for pod in (names.ENGINE_POD, names.job_pod("liar")):
             kube.core.create_namespaced_pod(
                 precious,
                 {"metadata": {"name": pod}, "spec": {"containers": [{"name": "c", **RUNS}]}},
@@ -359,7 +359,7 @@ def test_written_status_namespace_misdirects_nothing(
             {"status": {"namespace": precious}},
         )
         operator.start()
-        kube.core.delete_namespaced_pod(names.JOB_POD, real_ns)  # -> Failed, engine deleted, TTL
+        kube.core.delete_namespaced_pod(names.job_pod("liar"), ns)  # -> Failed, engine gone, TTL
         assert kube.wait_phase(ns, "liar", "Failed")["reason"] == "JobPodDeleted"
         wait_for(lambda: kube.status(ns, "liar").get("cleanedUp"), what="TTL clean-up")
         wait_for(
@@ -369,7 +369,7 @@ def test_written_status_namespace_misdirects_nothing(
         wait_for(lambda: kube.get_buildjob(ns, "liar") is None, what="BuildJob deleted")
         assert kube.namespace_exists(precious)
         assert kube.core.read_namespace(precious).status.phase == "Active"
-        for pod in (names.ENGINE_POD, names.JOB_POD):
+        for pod in (names.ENGINE_POD, names.job_pod("liar")):
             assert kube.pod(precious, pod).metadata.deletion_timestamp is None, pod
     finally:
         kube.core.delete_namespace(precious)
@@ -469,8 +469,8 @@ def test_squatted_namespace_is_not_adopted(
 
 
 def test_registry_secrets_only(kube: Kube, operator: OperatorProcess, ns: str) -> None:
-    """A pull secret that is not registry credentials (a service-account token, say) is never
-    copied out of the tenant's namespace."""
+    """A pull secret that is not registry credentials (a service-account token, say) is refused
+    before any job pod would use it."""
     kube.core.create_namespaced_secret(
         ns, {"metadata": {"name": "not-a-pull-secret"}, "stringData": {"token": "hunter2"}}
     )
@@ -480,8 +480,20 @@ def test_registry_secrets_only(kube: Kube, operator: OperatorProcess, ns: str) -
     status = kube.wait_phase(ns, "steal", "Failed")
     assert status["reason"] == "InvalidSpec"
     assert status["message"].startswith("spec.imagePullSecrets[0].name:"), status["message"]
-    copies = kube.core.list_namespaced_secret(status["namespace"]).items
-    assert all(s.metadata.name != "pull-not-a-pull-secret" for s in copies)
+    assert kube.pod(ns, names.job_pod("steal")) is None
+    # Positive control: a registry credential of the same tenant is taken.
+    kube.core.create_namespaced_secret(
+        ns,
+        {
+            "metadata": {"name": "regcred"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": '{"auths": {}}'},
+        },
+    )
+    kube.create_buildjob(
+        ns, "pull", {"job": finishing(0), "imagePullSecrets": [{"name": "regcred"}]}
+    )
+    assert kube.wait_phase(ns, "pull", "Succeeded")["reason"] == "Succeeded"
 
 
 # -- 6. the operator's own rights --------------------------------------------------------------
@@ -500,10 +512,48 @@ def test_operator_writes_only_in_its_own_namespaces(
     assert "may write only in its own job namespaces" in message, message
     refusal(lambda: as_operator.core.delete_namespace(ns, dry_run="All"))
     refusal(lambda: as_operator.core.create_namespace({"metadata": {"name": "x"}}, dry_run="All"))
-    # Positive control: in a job namespace of its own, the same write is admitted.
+    policy = {"metadata": {"name": "planted"}, "spec": {"podSelector": {}}}
+    networking = NetworkingV1Api(as_operator.client)
+    refusal(lambda: networking.create_namespaced_network_policy(ns, policy, dry_run="All"))
+    # Positive control: in a job namespace of its own, the same write is admitted (a policy: its
+    # quota, full once the job runs, refuses another Secret there, whoever writes it).
     kube.create_buildjob(ns, "own", {"job": RUNS})
     job_ns = kube.wait_phase(ns, "own", "Running")["namespace"]
-    as_operator.core.create_namespaced_secret(job_ns, secret, dry_run="All")
+    networking.create_namespaced_network_policy(job_ns, policy, dry_run="All")
+
+    # Beside a BuildJob, only its job side: labelled for a BuildJob of that namespace...
+    labels = {
+        names.LABEL_MANAGED_BY: names.APP,
+        names.LABEL_COMPONENT: names.COMPONENT_JOB,
+        names.LABEL_OWNER_NAMESPACE: ns,
+        names.LABEL_OWNER_UID: _uid(kube, ns, "own"),
+    }
+    job_side = {"metadata": {"name": "planted", "labels": labels}, "stringData": {"a": "b"}}
+    as_operator.core.create_namespaced_secret(ns, job_side, dry_run="All")  # admitted
+    elsewhere = {**labels, names.LABEL_OWNER_NAMESPACE: "another-team"}
+    refusal(
+        lambda: as_operator.core.create_namespaced_secret(
+            ns, {**job_side, "metadata": {"name": "planted", "labels": elsewhere}}, dry_run="All"
+        )
+    )
+    # ...and a pod only if unprivileged: the operator's own job pod is the positive control.
+    own_pod = ApiClient().sanitize_for_serialization(kube.pod(ns, names.job_pod("own")))
+    manifest = {
+        "metadata": {"name": "planted", "labels": labels},
+        "spec": {
+            k: v
+            for k, v in own_pod["spec"].items()
+            if k not in ("nodeName", "tolerations", "priority", "schedulerName")
+        },
+    }
+    as_operator.core.create_namespaced_pod(ns, manifest, dry_run="All")
+    privileged = json.loads(json.dumps(manifest))
+    privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    message = refusal(lambda: as_operator.core.create_namespaced_pod(ns, privileged, dry_run="All"))
+    assert "only unprivileged pods" in message, message
+    host = json.loads(json.dumps(manifest))
+    host["spec"]["hostPID"] = True
+    refusal(lambda: as_operator.core.create_namespaced_pod(ns, host, dry_run="All"))
 
 
 def test_namespace_users_get_buildjobs_but_not_their_status(

@@ -126,7 +126,8 @@ def spec() -> dict[str, Any]:
 
 
 def assert_one_of_each_child(kube: Kube, ns: str, name: str) -> None:
-    """The BuildJob's namespace and everything in it exist exactly once."""
+    """The BuildJob's job namespace and everything in it exist exactly once, and its job side
+    beside it."""
     body = kube.get_buildjob(ns, name)
     assert body is not None
     uid, job_ns = body["metadata"]["uid"], body["status"]["namespace"]
@@ -135,19 +136,26 @@ def assert_one_of_each_child(kube: Kube, ns: str, name: str) -> None:
     owned = core.list_namespace(label_selector=f"{names.LABEL_OWNER_UID}={uid}").items
     assert [n.metadata.name for n in owned] == [job_ns], name
     policies = networking.list_namespaced_network_policy(job_ns).items
-    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine", "job"], name
+    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine"], name
+    beside = networking.list_namespaced_network_policy(
+        ns, label_selector=f"{names.LABEL_OWNER_UID}={uid}"
+    ).items
+    assert [p.metadata.name for p in beside] == [names.job_policy(name)], name
     services = core.list_namespaced_service(job_ns).items
     assert [s.metadata.name for s in services] == [names.ENGINE_SERVICE], name
     secrets = sorted(s.metadata.name for s in core.list_namespaced_secret(job_ns).items)
-    assert secrets == sorted([names.CLIENT_SECRET, names.ENGINE_TLS_SECRET]), name
+    assert secrets == [names.ENGINE_TLS_SECRET], name
+    selector = f"{names.LABEL_OWNER_UID}={uid}"
+    beside_secrets = core.list_namespaced_secret(ns, label_selector=selector).items
+    assert [s.metadata.name for s in beside_secrets] == [names.client_secret(name)], name
+    beside_pods = core.list_namespaced_pod(ns, label_selector=selector).items
+    assert [p.metadata.name for p in beside_pods] == [names.job_pod(name)], name
     quotas = core.list_namespaced_resource_quota(job_ns).items
     assert [q.metadata.name for q in quotas] == [names.QUOTA], name
     # The engine goes once the job has ended; the job pod stays (until the TTL).
     wait_for(
-        lambda: (
-            [p.metadata.name for p in core.list_namespaced_pod(job_ns).items] == [names.JOB_POD]
-        ),
-        what=f"{name}: the job pod alone",
+        lambda: [p.metadata.name for p in core.list_namespaced_pod(job_ns).items] == [],
+        what=f"{name}: the engine pod gone",
     )
 
 

@@ -38,11 +38,20 @@ def test_success_end_to_end(kube: Kube, operator: OperatorProcess, ns: str) -> N
     namespace = kube.core.read_namespace(job_ns)
     assert namespace.metadata.labels[names.LABEL_OWNER_UID] == uid
     assert namespace.metadata.labels["pod-security.kubernetes.io/enforce"] == "privileged"
-    policies = NetworkingV1Api(kube.client).list_namespaced_network_policy(job_ns).items
-    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine", "job"]
+    networking = NetworkingV1Api(kube.client)
+    policies = networking.list_namespaced_network_policy(job_ns).items
+    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine"]
     secrets = {s.metadata.name: s for s in kube.core.list_namespaced_secret(job_ns).items}
-    assert {"engine-tls", "docker-client"} <= set(secrets)
-    client = secrets["docker-client"].data
+    assert set(secrets) == {"engine-tls"}
+    # The job's side, beside the BuildJob, owned by it.
+    beside = f"{names.LABEL_OWNER_UID}={uid}"
+    assert [
+        p.metadata.name
+        for p in networking.list_namespaced_network_policy(ns, label_selector=beside).items
+    ] == ["ok-job"]
+    secrets["ok-docker"] = kube.core.read_namespaced_secret("ok-docker", ns)
+    assert [r.uid for r in secrets["ok-docker"].metadata.owner_references] == [uid]
+    client = secrets["ok-docker"].data
     assert base64.b64decode(client["DOCKER_HOST"]).decode() == running["engine"]["endpoint"]
     assert base64.b64decode(client["DOCKER_TLS_VERIFY"]).decode() == "1"
     for secret in secrets.values():
@@ -51,7 +60,7 @@ def test_success_end_to_end(kube: Kube, operator: OperatorProcess, ns: str) -> N
     fingerprints = {
         s.metadata.annotations[names.ANNOTATION_CA_FINGERPRINT]
         for n, s in secrets.items()
-        if n in ("engine-tls", "docker-client")
+        if n in ("engine-tls", "ok-docker")
     }
     assert len(fingerprints) == 1
     service = kube.core.read_namespaced_service("engine", job_ns)
@@ -68,9 +77,13 @@ def test_success_end_to_end(kube: Kube, operator: OperatorProcess, ns: str) -> N
     }
     # The engine goes as soon as the job ends; the job pod (and its log) stays until the TTL.
     wait_for(lambda: kube.pod(job_ns, "engine") is None, what="engine pod deleted")
-    assert kube.pod(job_ns, "job") is not None
+    assert kube.pod(ns, "ok") is not None  # `kubectl logs ok` in the BuildJob's namespace
     wait_for(lambda: not kube.namespace_exists(job_ns), timeout=60, what="namespace deleted")
     assert kube.wait_phase(ns, "ok", "Succeeded").get("cleanedUp") is True
+    # At the TTL the job's side goes too, though the BuildJob stays.
+    wait_for(lambda: kube.pod(ns, "ok") is None, what="job pod deleted at the TTL")
+    assert kube.core.list_namespaced_secret(ns, label_selector=beside).items == []
+    assert networking.list_namespaced_network_policy(ns, label_selector=beside).items == []
     kube.wait_event(ns, "ok", "Normal", "Succeeded")
     # Events only where they say what the status does not (each is a write): not for the
     # steps on the way, which the status and its conditions already record.
@@ -87,7 +100,7 @@ def test_job_failure_reports_exit_code(kube: Kube, operator: OperatorProcess, ns
     assert "exit code 3" in status["message"]
     job_ns = status["namespace"]
     wait_for(lambda: kube.pod(job_ns, "engine") is None, what="engine pod deleted")
-    assert kube.pod(job_ns, "job") is not None  # kept for its logs
+    assert kube.pod(ns, "bad") is not None  # kept for its logs
     kube.wait_event(ns, "bad", "Warning", "JobFailed")
 
 
@@ -98,7 +111,7 @@ def test_deadline(kube: Kube, operator: OperatorProcess, ns: str) -> None:
     assert status["reason"] == "DeadlineExceeded"
     job_ns = status["namespace"]
     wait_for(
-        lambda: kube.pod(job_ns, "engine") is None and kube.pod(job_ns, "job") is None,
+        lambda: kube.pod(job_ns, "engine") is None and kube.pod(ns, "slow") is None,
         what="both pods deleted",
     )
 
@@ -128,13 +141,13 @@ def test_engine_failure(kube: Kube, operator: OperatorProcess, ns: str) -> None:
     status = kube.wait_phase(ns, "eng", "Failed")
     assert status["reason"] == "EngineFailed"
     assert "137" in status["message"]
-    wait_for(lambda: kube.pod(job_ns, "job") is None, what="job pod deleted")
+    wait_for(lambda: kube.pod(ns, "eng") is None, what="job pod deleted")
 
 
 def test_job_pod_deleted(kube: Kube, operator: OperatorProcess, ns: str) -> None:
     kube.create_buildjob(ns, "gone", spec(None))
-    job_ns = kube.wait_phase(ns, "gone", "Running")["namespace"]
-    kube.core.delete_namespaced_pod("job", job_ns, grace_period_seconds=0)
+    kube.wait_phase(ns, "gone", "Running")
+    kube.core.delete_namespaced_pod("gone", ns, grace_period_seconds=0)
     status = kube.wait_phase(ns, "gone", "Failed")
     assert status["reason"] == "JobPodDeleted"
 
@@ -142,9 +155,38 @@ def test_job_pod_deleted(kube: Kube, operator: OperatorProcess, ns: str) -> None
 def test_delete_removes_everything(kube: Kube, operator: OperatorProcess, ns: str) -> None:
     kube.create_buildjob(ns, "del", spec(None))
     job_ns = kube.wait_phase(ns, "del", "Running")["namespace"]
+    uid = kube.get_buildjob(ns, "del")["metadata"]["uid"]  # type: ignore[index]
+    beside = f"{names.LABEL_OWNER_UID}={uid}"
+    assert kube.pod(ns, "del") is not None
     kube.delete_buildjob(ns, "del")
     wait_for(lambda: kube.get_buildjob(ns, "del") is None, what="BuildJob gone")
     wait_for(lambda: not kube.namespace_exists(job_ns), timeout=60, what="namespace gone")
+    networking = NetworkingV1Api(kube.client)
+    wait_for(
+        lambda: (
+            not (
+                kube.core.list_namespaced_pod(ns, label_selector=beside).items
+                or kube.core.list_namespaced_secret(ns, label_selector=beside).items
+                or networking.list_namespaced_network_policy(ns, label_selector=beside).items
+            )
+        ),
+        timeout=60,
+        what="the job side beside it gone",
+    )
+
+
+def test_a_buildjob_made_again_under_its_name_runs(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """CI deletes and re-applies: the new BuildJob's job pod, Secret and policy take the names
+    its predecessor's hold until they are gone."""
+    kube.create_buildjob(ns, "again", spec(None))
+    kube.wait_phase(ns, "again", "Running")
+    kube.delete_buildjob(ns, "again")
+    wait_for(lambda: kube.get_buildjob(ns, "again") is None, what="BuildJob gone")
+    kube.create_buildjob(ns, "again", spec(0))
+    status = kube.wait_phase(ns, "again", "Succeeded", "Failed")
+    assert status["reason"] == "Succeeded", status
 
 
 def test_delete_during_provisioning(kube: Kube, operator: OperatorProcess, ns: str) -> None:

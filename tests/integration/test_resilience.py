@@ -19,8 +19,34 @@ def finishing(code: int = 0, **extra: Any) -> dict[str, Any]:
     }
 
 
-def children(kube: Kube, job_ns: str) -> dict[str, list[str]]:
-    return {
+def children(kube: Kube, job_ns: str, ns: str = "", uid: str = "") -> dict[str, list[str]]:
+    """What the job namespace holds, and (given ns and uid) the job's side beside the
+    BuildJob."""
+    beside: dict[str, list[str]] = {}
+    if ns:
+        selector = f"{names.LABEL_OWNER_UID}={uid}"
+        networking = NetworkingV1Api(kube.client)
+        beside = {
+            "beside": sorted(
+                [
+                    *(
+                        f"policy {p.metadata.name}"
+                        for p in networking.list_namespaced_network_policy(
+                            ns, label_selector=selector
+                        ).items
+                    ),
+                    *(
+                        f"secret {s.metadata.name}"
+                        for s in kube.core.list_namespaced_secret(ns, label_selector=selector).items
+                    ),
+                    *(
+                        f"pod {p.metadata.name}"
+                        for p in kube.core.list_namespaced_pod(ns, label_selector=selector).items
+                    ),
+                ]
+            )
+        }
+    return beside | {
         "policies": sorted(
             p.metadata.name
             for p in NetworkingV1Api(kube.client).list_namespaced_network_policy(job_ns).items
@@ -57,18 +83,19 @@ def test_killed_at_each_step_converges(
     operator.start()
     status = kube.wait_phase(ns, "crash", "Running")
     job_ns = status["namespace"]
-    assert children(kube, job_ns) == {
-        "policies": ["default-deny", "engine", "job"],
-        "secrets": ["docker-client", "engine-tls", "pull-regcred"],
+    uid = kube.get_buildjob(ns, "crash")["metadata"]["uid"]  # type: ignore[index]
+    assert children(kube, job_ns, ns, uid) == {
+        "beside": ["pod crash", "policy crash-job", "secret crash-docker"],
+        "policies": ["default-deny", "engine"],
+        "secrets": ["engine-tls"],
         "services": ["engine"],
-        "pods": ["engine", "job"],
+        "pods": ["engine"],
     }
-    secrets = kube.core.list_namespaced_secret(job_ns).items
-    prints = {
-        s.metadata.annotations[names.ANNOTATION_CA_FINGERPRINT]
-        for s in secrets
-        if s.metadata.name in ("engine-tls", "docker-client")
-    }
+    secrets = [
+        kube.core.read_namespaced_secret("engine-tls", job_ns),
+        kube.core.read_namespaced_secret("crash-docker", ns),
+    ]
+    prints = {s.metadata.annotations[names.ANNOTATION_CA_FINGERPRINT] for s in secrets}
     assert len(prints) == 1, "engine and client certificates come from one CA"
 
 

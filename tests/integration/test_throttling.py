@@ -285,21 +285,24 @@ def status_path(namespace: str, name: str) -> str:
     return f"/apis/{names.API_VERSION}/namespaces/{namespace}/{names.PLURAL}/{name}/status"
 
 
-def child_paths(job_ns: str) -> dict[str, str]:
-    """Object paths of every child a minimal BuildJob gets (no secret copies)."""
+def child_paths(job_ns: str, ns: str, name: str) -> dict[str, str]:
+    """Object paths of every child a minimal BuildJob gets: the engine's side in its job
+    namespace, the job's beside the BuildJob."""
     base = f"/api/v1/namespaces/{job_ns}"
     policies = f"/apis/networking.k8s.io/v1/namespaces/{job_ns}/networkpolicies"
+    beside = f"/api/v1/namespaces/{ns}"
     return {
         "namespace": base,
         "policy default-deny": f"{policies}/{names.POLICY_DEFAULT_DENY}",
         "policy engine": f"{policies}/{names.POLICY_ENGINE}",
-        "policy job": f"{policies}/{names.POLICY_JOB}",
+        "policy job": f"/apis/networking.k8s.io/v1/namespaces/{ns}/networkpolicies/"
+        + names.job_policy(name),
         "service": f"{base}/services/{names.ENGINE_SERVICE}",
         "quota": f"{base}/resourcequotas/{names.QUOTA}",
         "secret engine-tls": f"{base}/secrets/{names.ENGINE_TLS_SECRET}",
-        "secret docker-client": f"{base}/secrets/{names.CLIENT_SECRET}",
+        "secret docker-client": f"{beside}/secrets/{names.client_secret(name)}",
         "engine pod": f"{base}/pods/{names.ENGINE_POD}",
-        "job pod": f"{base}/pods/{names.JOB_POD}",
+        "job pod": f"{beside}/pods/{names.job_pod(name)}",
     }
 
 
@@ -342,7 +345,7 @@ def test_throttled_writes_are_retried_once_each(
     done = kube.wait_phase(ns, "tp", "Succeeded", timeout=120)
     assert done["exitCode"] == 0
     job_ns = done["namespace"]
-    paths = child_paths(job_ns)
+    paths = child_paths(job_ns, ns, "tp")
 
     # What exists is one of each child, all tied to this BuildJob.
     uid = kube.get_buildjob(ns, "tp")["metadata"]["uid"]  # type: ignore[index]
@@ -350,15 +353,18 @@ def test_throttled_writes_are_retried_once_each(
     owned = core.list_namespace(label_selector=f"{names.LABEL_OWNER_UID}={uid}").items
     assert [n.metadata.name for n in owned] == [job_ns]
     policies = networking.list_namespaced_network_policy(job_ns).items
-    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine", "job"]
+    assert sorted(p.metadata.name for p in policies) == ["default-deny", "engine"]
+    beside = networking.list_namespaced_network_policy(ns).items
+    assert [p.metadata.name for p in beside] == [names.job_policy("tp")]
     services = core.list_namespaced_service(job_ns).items
     assert [s.metadata.name for s in services] == [names.ENGINE_SERVICE]
     secrets = {s.metadata.name for s in core.list_namespaced_secret(job_ns).items}
-    assert {names.ENGINE_TLS_SECRET, names.CLIENT_SECRET} <= secrets
+    assert secrets == {names.ENGINE_TLS_SECRET}
+    assert core.read_namespaced_secret(names.client_secret("tp"), ns) is not None
     # The engine goes once the job has ended; the job pod stays (until the TTL).
     wait_for(lambda: kube.pod(job_ns, names.ENGINE_POD) is None, what="engine pod deleted")
-    pods = core.list_namespaced_pod(job_ns).items
-    assert [p.metadata.name for p in pods] == [names.JOB_POD]
+    assert core.list_namespaced_pod(job_ns).items == []
+    assert kube.pod(ns, names.job_pod("tp")) is not None
     # Deleted: the operator deletes the job namespace.
     kube.delete_buildjob(ns, "tp")
     wait_for(lambda: kube.get_buildjob(ns, "tp") is None, timeout=60, what="BuildJob gone")
@@ -390,6 +396,7 @@ def test_throttled_writes_are_retried_once_each(
     log = log_since(proxied_operator, offset)
     assert "API server throttled POST /api/v1/namespaces;" in log
     assert f"API server throttled POST /api/v1/namespaces/{job_ns}/pods;" in log
+    assert f"API server throttled POST /api/v1/namespaces/{ns}/pods;" in log
     assert f"API server throttled PATCH {status_path(ns, 'tp')};" in log
     # kopf itself wrote nothing (it used to: the finalizer, its annotations), so the
     # operator's own writes above are the BuildJob's whole life.
@@ -434,7 +441,7 @@ def test_existing_children_are_adopted_after_throttling(
         p.metadata.name: p.metadata.uid
         for p in networking.list_namespaced_network_policy(job_ns).items
     }
-    assert sorted(policies) == ["default-deny", "engine", "job"]
+    assert sorted(policies) == ["default-deny", "engine"]
     assert policies[names.POLICY_DEFAULT_DENY] == deny.metadata.uid
 
     tls = core.read_namespaced_secret(names.ENGINE_TLS_SECRET, job_ns)
@@ -443,7 +450,7 @@ def test_existing_children_are_adopted_after_throttling(
 
     # Each create was throttled, then answered 409 and adopted; the rest were created; the
     # half pair's secret replaced. Every other write, too, was throttled once, then done.
-    paths = child_paths(job_ns)
+    paths = child_paths(job_ns, ns, "adopt")
     record = proxy.settled()
     adopted = ("namespace", "service", "policy default-deny")
     for what, path in paths.items():

@@ -28,31 +28,65 @@ def test_namespace_is_deterministic_and_labelled(target: Target) -> None:
     assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
 
 
-def test_every_namespaced_child_lives_in_the_job_namespace(target: Target) -> None:
+def test_the_engine_side_lives_in_the_job_namespace_the_job_side_beside_the_buildjob(
+    target: Target,
+) -> None:
     bundle = certs.issue(["engine"], [], datetime.timedelta(hours=1))
-    children = [
+    engine_side = [
         *builders.build_network_policies(target),
         builders.build_engine_tls_secret(target, bundle),
-        builders.build_client_secret(target, bundle),
         builders.build_engine_service(target),
         builders.build_engine_pod(target),
-        builders.build_job_pod(target),
+        builders.build_quota(target),
     ]
-    for child in children:
+    for child in engine_side:
         assert child["metadata"]["namespace"] == target.job_namespace
         assert child["metadata"]["labels"][names.LABEL_OWNER_UID] == UID
+        assert "ownerReferences" not in child["metadata"]
+    job_side = [
+        builders.build_job_policy(target),
+        builders.build_client_secret(target, bundle),
+        builders.build_job_pod(target),
+    ]
+    assert [c["metadata"]["name"] for c in job_side] == [
+        "app-build-job",
+        "app-build-docker",
+        "app-build",  # kubectl logs app-build
+    ]
+    for child in job_side:
+        meta = child["metadata"]
+        assert meta["namespace"] == "ci"
+        assert meta["labels"][names.LABEL_OWNER_UID] == UID
+        assert meta["labels"][names.LABEL_COMPONENT] == "job"
+        # Gone with the BuildJob, by the garbage collector, even while no operator runs.
+        assert meta["ownerReferences"] == [
+            {
+                "apiVersion": names.API_VERSION,
+                "kind": "BuildJob",
+                "name": "app-build",
+                "uid": UID,
+                "controller": True,
+            }
+        ]
+
+
+JOB_PEER = {
+    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ci"}},
+    "podSelector": {"matchLabels": {names.LABEL_OWNER_UID: UID, names.LABEL_COMPONENT: "job"}},
+}
 
 
 def test_network_policies(target: Target) -> None:
     policies = by_name(builders.build_network_policies(target))
-    assert set(policies) == {"default-deny", "engine", "job"}
+    assert set(policies) == {"default-deny", "engine"}
     deny = policies["default-deny"]["spec"]
     assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
 
     engine = policies["engine"]["spec"]
     assert engine["podSelector"] == {"matchLabels": {names.LABEL_COMPONENT: "engine"}}
     [ingress] = engine["ingress"]
-    assert ingress["from"] == [{"podSelector": {"matchLabels": {names.LABEL_COMPONENT: "job"}}}]
+    # From this BuildJob's job pod only: its namespace, its uid.
+    assert ingress["from"] == [JOB_PEER]
     assert ingress["ports"] == [{"protocol": "TCP", "port": 2376}]
     internet = engine["egress"][1]["to"]
     v4 = next(p["ipBlock"] for p in internet if p["ipBlock"]["cidr"] == "0.0.0.0/0")
@@ -61,18 +95,28 @@ def test_network_policies(target: Target) -> None:
     # DNS only to the cluster's DNS pods
     assert engine["egress"][0]["to"] == [builders.DNS_PEER]
 
-    job = policies["job"]["spec"]
+    job = builders.build_job_policy(target)["spec"]
+    assert job["podSelector"] == {"matchLabels": JOB_PEER["podSelector"]["matchLabels"]}
+    assert job["policyTypes"] == ["Ingress", "Egress"]
     assert "ingress" not in job  # nothing may connect to the job pod
     assert job["egress"][0] == {
-        "to": [{"podSelector": {"matchLabels": {names.LABEL_COMPONENT: "engine"}}}],
+        "to": [
+            {
+                "namespaceSelector": {
+                    "matchLabels": {"kubernetes.io/metadata.name": target.job_namespace}
+                },
+                "podSelector": {"matchLabels": {names.LABEL_COMPONENT: "engine"}},
+            }
+        ],
         "ports": [{"protocol": "TCP", "port": 2376}],
     }
-    assert len(job["egress"]) == 3  # engine, DNS, internet
+    assert job["egress"][1]["to"] == [builders.DNS_PEER]
+    assert job["egress"][2]["to"] == engine["egress"][1]["to"]  # the internet, minus the same
 
 
 def test_job_egress_none_drops_the_internet() -> None:
     t = make_target({"job": {"image": "a"}, "network": {"jobEgress": "None"}})
-    job = by_name(builders.build_network_policies(t))["job"]["spec"]
+    job = builders.build_job_policy(t)["spec"]
     assert len(job["egress"]) == 2
     assert all("ipBlock" not in peer for rule in job["egress"] for peer in rule["to"])
 
@@ -88,9 +132,9 @@ def test_published_ports_open_to_the_job_only_and_the_name_resolves_to_the_engin
         {"protocol": "TCP", "port": 5432},
     ]
     [ingress] = policies["engine"]["spec"]["ingress"]
-    assert ingress["from"] == [{"podSelector": {"matchLabels": {names.LABEL_COMPONENT: "job"}}}]
+    assert ingress["from"] == [JOB_PEER]
     assert ingress["ports"] == opened
-    assert policies["job"]["spec"]["egress"][0]["ports"] == opened
+    assert builders.build_job_policy(t)["spec"]["egress"][0]["ports"] == opened
     service = builders.build_engine_service(t)["spec"]
     assert service["clusterIP"] == "None"
     assert service["publishNotReadyAddresses"] is True
@@ -184,10 +228,11 @@ def test_job_pod(target: Target) -> None:
     }
     env = {e["name"]: e for e in c["env"]}
     for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"):
-        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "docker-client", "key": key}
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "app-build-docker", "key": key}
     assert c["command"] == ["sh", "-c"]
     assert c["args"] == ["docker version"]
     [volume] = spec["volumes"]
+    assert volume["secret"]["secretName"] == "app-build-docker"
     assert [i["key"] for i in volume["secret"]["items"]] == ["ca.pem", "cert.pem", "key.pem"]
     assert c["volumeMounts"] == [
         {"name": "docker-client", "mountPath": "/certs/client", "readOnly": True}
@@ -221,8 +266,10 @@ def test_job_pod_user_fields() -> None:
     assert c["envFrom"] == [{"prefix": "X_", "configMapRef": {"name": "cm"}}]
     assert c["workingDir"] == "/src"
     assert c["resources"] == {"requests": {"cpu": "500m"}}
-    assert pod["spec"]["imagePullSecrets"] == [{"name": "pull-regcred"}]
+    # The BuildJob's own Secrets, where the job pod runs: no copies.
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     config = next(v for v in pod["spec"]["volumes"] if v["name"] == "docker-config")
+    assert config["secret"]["secretName"] == "hub"
     assert config["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
 
 
@@ -252,19 +299,6 @@ def test_secrets_hold_no_ca_key(target: Target) -> None:
         assert len(keys) == 1  # only the leaf's own key, never the CA's
 
 
-def test_secret_copy(target: Target) -> None:
-    source = {
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": "e30="},
-        "metadata": {"name": "hub", "namespace": "ci", "resourceVersion": "7"},
-    }
-    copy = builders.build_secret_copy(target, source, "docker-config")
-    assert copy["type"] == "kubernetes.io/dockerconfigjson"
-    assert copy["data"] == {".dockerconfigjson": "e30="}
-    assert copy["metadata"]["namespace"] == target.job_namespace
-    assert "resourceVersion" not in copy["metadata"]
-
-
 def test_user_env_comes_first_and_ours_win() -> None:
     t = make_target(
         {
@@ -277,7 +311,7 @@ def test_user_env_comes_first_and_ours_win() -> None:
     env = builders.build_job_pod(t)["spec"]["containers"][0]["env"]
     assert [e["name"] for e in env[:2]] == ["X", "DOCKER_HOST"]  # spec.job.env[i] is env[i]
     last = [e for e in env if e["name"] == "DOCKER_HOST"][-1]
-    assert last["valueFrom"]["secretKeyRef"]["name"] == "docker-client"
+    assert last["valueFrom"]["secretKeyRef"]["name"] == "app-build-docker"
 
 
 def test_job_waits_for_its_engine_over_tls(target: Target) -> None:
@@ -364,7 +398,8 @@ def test_address_pools() -> None:
 
 def test_quota_and_limit_range() -> None:
     quota = builders.build_quota(make_target())
-    assert quota["spec"]["hard"]["pods"] == "2"
+    assert quota["spec"]["hard"]["pods"] == "1"  # the engine alone
+    assert quota["spec"]["hard"]["secrets"] == "1"  # its TLS secret
     assert quota["spec"]["hard"]["services.nodeports"] == "0"
     assert builders.build_limit_range(make_target()) is None
     t = make_target(
@@ -467,14 +502,13 @@ def test_engine_unreachable_still_exit_1(tmp_path: Path) -> None:
     assert "unreachable over mutual TLS" in err
 
 
-def test_only_registry_credentials_are_copied() -> None:
-    source = {
-        "type": "kubernetes.io/dockerconfigjson",
-        "data": {".dockerconfigjson": "e30=", "extra": "c2VjcmV0"},
-    }
-    copy = builders.build_secret_copy(make_target(), source, "pull-x")
-    assert copy["data"] == {".dockerconfigjson": "e30="}
-    assert copy["type"] == "kubernetes.io/dockerconfigjson"
+def test_registry_credentials_are_told_apart() -> None:
+    assert (
+        builders.registry_key(
+            {"type": "kubernetes.io/dockerconfigjson", "data": {".dockerconfigjson": "e30="}}
+        )
+        == ".dockerconfigjson"
+    )
     assert (
         builders.registry_key(
             {"type": "kubernetes.io/service-account-token", "data": {"token": "x"}}

@@ -666,9 +666,9 @@ EXPECTED_OPERATOR_RULES = {
     ("", "events", frozenset({"create"})),
     ("", "namespaces", frozenset({"get", "list", "create", "delete"})),
     ("", "pods", frozenset({"get", "list", "watch", "create", "delete"})),
-    ("", "secrets", frozenset({"get", "create", "update"})),
+    ("", "secrets", frozenset({"get", "create", "update", "delete"})),
     ("", "services", frozenset({"get", "create", "update"})),
-    ("networking.k8s.io", "networkpolicies", frozenset({"get", "create", "update"})),
+    ("networking.k8s.io", "networkpolicies", frozenset({"get", "create", "update", "delete"})),
 }
 
 

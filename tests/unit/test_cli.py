@@ -59,6 +59,7 @@ class Scripted:
         self.statuses, self.logs = statuses, logs
         self.reads = 0
         self.log_reads = 0
+        self.logged: set[tuple[str, str]] = set()
 
     def get(self, namespace: str, name: str) -> dict[str, Any]:
         status = self.statuses[min(self.reads, len(self.statuses) - 1)]
@@ -68,6 +69,7 @@ class Scripted:
     def log(self, namespace: str, pod: str, follow: bool) -> Iterator[bytes]:
         answer = self.logs[min(self.log_reads, len(self.logs) - 1)]
         self.log_reads += 1
+        self.logged.add((namespace, pod))
         if isinstance(answer, int):
             raise ApiException(status=answer, reason="waiting to start")
         yield answer
@@ -78,7 +80,7 @@ def session(cluster: Scripted) -> tuple[cli.Session, io.BytesIO, io.StringIO]:
     return cli.Session(cast(cli.Cluster, cluster), out, err, sleep=lambda _: None), out, err
 
 
-RUNNING = {"phase": "Running", "namespace": "bj-1", "jobPod": "job"}
+RUNNING = {"phase": "Running", "namespace": "bj-1", "jobPod": "hello"}
 
 
 def test_follow_waits_for_the_job_container_streams_its_log_and_exits_with_its_code() -> None:
@@ -96,6 +98,8 @@ def test_follow_waits_for_the_job_container_streams_its_log_and_exits_with_its_c
     s, out, err = session(cluster)
     assert s.finish("ci", "hello") == 3
     assert out.getvalue() == b"building\nran\n"
+    # The job pod runs in the BuildJob's own namespace, not the engine's (bj-1).
+    assert cluster.logged == {("ci", "hello")}
     lines = err.getvalue().splitlines()
     assert lines == [
         "buildjob/hello: Pending",

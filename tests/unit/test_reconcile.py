@@ -12,7 +12,7 @@ import urllib3
 
 from remote_docker_operator import handlers, names, pods
 from remote_docker_operator.config import Settings
-from remote_docker_operator.errors import NotYet
+from remote_docker_operator.errors import ForeignObject, NotYet
 from remote_docker_operator.jobstate import parse_spec
 from remote_docker_operator.kube import Kube
 from remote_docker_operator.reconcile import Reconciler
@@ -349,3 +349,42 @@ def test_sweep_keeps_the_namespace_of_a_buildjob_created_between_its_lists() -> 
     api.list = world_moves_after_first_list  # type: ignore[method-assign]
     assert rec.sweep() == []
     assert api.deleted == []
+
+
+class OnePod:
+    """An API that holds one pod, in the BuildJob's namespace under its name."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.pod = {
+            "kind": "Pod",
+            "metadata": {"name": "bj-u", "namespace": "ci", "labels": labels},
+        }
+
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+        return self.pod if (kind, namespace, name) == ("Pod", "ci", "bj-u") else None
+
+
+def _labels(uid: str, name: str = "bj-u") -> dict[str, str]:
+    return {
+        names.LABEL_MANAGED_BY: names.APP,
+        names.LABEL_OWNER_NAME: name,
+        names.LABEL_OWNER_UID: uid,
+    }
+
+
+def test_the_job_pod_is_looked_for_beside_the_buildjob_and_only_its_own_is_taken() -> None:
+    def owned(labels: dict[str, str]) -> Any:
+        rec = Reconciler(cast(Kube, OnePod(labels)), Settings(), lambda *_: None, lambda *_: None)
+        state = rec.observe(body("u", "2026-01-01T00:00:01Z"))
+        return rec._pod(state, names.JOB_POD, fresh=True)
+
+    # Its own: found in the BuildJob's namespace under the BuildJob's name.
+    assert owned(_labels("u"))["metadata"]["name"] == "bj-u"
+    # A predecessor's (the BuildJob made again under its name): waited for, not failed on.
+    with pytest.raises(NotYet, match="earlier BuildJob bj-u"):
+        owned(_labels("earlier-uid"))
+    # Anyone else's pod of that name: never adopted.
+    with pytest.raises(ForeignObject, match="ci/bj-u exists but was not made by the operator"):
+        owned({"app": "mine"})
+    with pytest.raises(ForeignObject):
+        owned(_labels("other-uid", name="another-buildjob"))
