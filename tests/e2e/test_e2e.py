@@ -29,6 +29,9 @@ ENGINE_PROBE = (
     'then echo "CHECK $1=open"; else echo "CHECK $1=closed"; fi; }\n'
 )
 LOAD_BUSYBOX = "docker load -i /images/busybox.tar >/dev/null\n"
+# The job's own engine host, from DOCKER_HOST (the job pod runs in the BuildJob's namespace,
+# where the short name "engine" means nothing).
+OWN_ENGINE = "own=${DOCKER_HOST#tcp://}; own=${own%:*}\n"
 
 
 def job(script: str, **extra: Any) -> dict[str, Any]:
@@ -189,6 +192,7 @@ def test_separation_of_environments(kube: Kube, operator: OperatorProcess, ns: s
     """Containers the job starts live in the engine, reachable through docker, not directly."""
     script = (
         PROBE
+        + OWN_ENGINE
         + LOAD_BUSYBOX
         + f"""docker run -d --name app {BUSYBOX} httpd -f -p 8080 -h /etc
 sleep 1
@@ -196,7 +200,7 @@ docker exec app wget -qO- localhost:8080/hostname >/dev/null && echo "CHECK exec
 docker run --rm --network container:app {BUSYBOX} wget -qO- localhost:8080/hostname \\
   >/dev/null && echo "CHECK shared-netns=open"
 probe direct-container "$(docker inspect -f '{{{{.NetworkSettings.IPAddress}}}}' app)" 8080
-probe engine-pod-8080 "$(getent hosts engine | awk '{{print $1}}')" 8080
+probe engine-pod-8080 "$(getent hosts "$own" | awk '{{print $1}}')" 8080
 true
 """
     )
@@ -216,12 +220,13 @@ def test_isolation(kube: Kube, operator: OperatorProcess, ns: str, servers: dict
     internet, denied = servers["internet"], servers["denied"]
     script = (
         PROBE
+        + OWN_ENGINE
         + ENGINE_PROBE
         + LOAD_BUSYBOX
         + f"""
 docker version >/dev/null 2>&1 && echo "CHECK own-engine-tls=open"
-probe own-engine-2376 engine 2376
-probe own-engine-2375 engine 2375
+probe own-engine-2376 "$own" 2376
+probe own-engine-2375 "$own" 2375
 probe other-engine-2376 {host_b} 2376
 DOCKER_HOST=tcp://{host_b}:2376 timeout 20 docker version >/dev/null 2>&1 \\
   && echo "CHECK other-engine-tls=open" || echo "CHECK other-engine-tls=closed"
