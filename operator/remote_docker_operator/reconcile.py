@@ -323,7 +323,7 @@ class Reconciler:
                     if role == names.ENGINE_POD:
                         self._create_pod(state, role, builders.build_engine_pod(t))
                     else:
-                        self._check_secrets(state, t)
+                        self._check_secrets(t)
                         self._create_pod(state, role, builders.build_job_pod(t))
                     failpoints.reached(f"{role}-pod")
                 case decide.MakeQuota():
@@ -432,7 +432,7 @@ class Reconciler:
         )
         return self.kube.replace(body)
 
-    def _check_secrets(self, state: JobState, t: Target) -> None:
+    def _check_secrets(self, t: Target) -> None:
         """The registry credentials the job pod will use, read in the BuildJob's namespace
         before the pod is made: one missing or of another kind is a refusal that names the
         field, not a pod stuck waiting for a volume."""
