@@ -17,7 +17,7 @@ from kubernetes.client.exceptions import ApiException
 from remote_docker_operator import classes, names
 from remote_docker_operator.builders import Target
 from remote_docker_operator.config import Settings
-from remote_docker_operator.models import BuildJobSpec, EngineClassSpec
+from remote_docker_operator.models import BuildJobSpec, DockerEngineSpec, EngineClassSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(os.environ.get("RDO_ARTIFACTS", ROOT / ".artifacts"))
@@ -51,6 +51,19 @@ def make_target(
         names.job_namespace(config.namespace_prefix, uid),
         engine,
     )
+
+
+def make_engine_target(
+    spec: dict[str, Any] | None = None, uid: str = "5d0c7d0e-52b1-4f7e-8a77-2a0e1f3b9c11"
+) -> Target:
+    """A DockerEngine ci/eng for pod ci/runner (unless `spec` says otherwise), resolved against
+    the class "standard"."""
+    parsed = DockerEngineSpec.model_validate(spec or {"clientPod": {"name": "runner"}})
+    cls = EngineClassSpec.model_validate(DEFAULT_CLASS_SPEC)
+    config = Settings()
+    engine = classes.resolve("standard", cls, parsed, "ci", {})
+    job_namespace = names.job_namespace(config.namespace_prefix, uid)
+    return Target("eng", "ci", uid, parsed, config, job_namespace, engine, names.DOCKER_ENGINE_KIND)
 
 
 def engine_class(name: str, spec: dict[str, Any], default: bool = False) -> dict[str, Any]:
@@ -168,10 +181,27 @@ class Kube:
         )
         return result
 
-    def get_buildjob(self, namespace: str, name: str) -> dict[str, Any] | None:
+    def create_dockerengine(
+        self, namespace: str, name: str, spec: dict[str, Any]
+    ) -> dict[str, Any]:
+        body = {
+            "apiVersion": names.API_VERSION,
+            "kind": names.DOCKER_ENGINE_KIND,
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": spec,
+        }
+        result: dict[str, Any] = self.custom.create_namespaced_custom_object(
+            names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, body
+        )
+        return result
+
+    def get_buildjob(
+        self, namespace: str, name: str, plural: str = names.PLURAL
+    ) -> dict[str, Any] | None:
+        """A BuildJob (plural: or a DockerEngine, names.DOCKER_ENGINE_PLURAL)."""
         try:
             result: dict[str, Any] = self.custom.get_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.PLURAL, name
+                names.GROUP, names.VERSION, namespace, plural, name
             )
         except ApiException as e:
             if e.status == 404:
@@ -179,30 +209,36 @@ class Kube:
             raise
         return result
 
-    def delete_buildjob(self, namespace: str, name: str) -> None:
+    def delete_buildjob(self, namespace: str, name: str, plural: str = names.PLURAL) -> None:
         try:
             self.custom.delete_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.PLURAL, name
+                names.GROUP, names.VERSION, namespace, plural, name
             )
         except ApiException as e:
             if e.status != 404:
                 raise
 
-    def status(self, namespace: str, name: str) -> dict[str, Any]:
-        bj = self.get_buildjob(namespace, name) or {}
+    def status(self, namespace: str, name: str, plural: str = names.PLURAL) -> dict[str, Any]:
+        bj = self.get_buildjob(namespace, name, plural) or {}
         return dict(bj.get("status") or {})
 
     def wait_phase(
-        self, namespace: str, name: str, *phases: str, timeout: float = 120
+        self,
+        namespace: str,
+        name: str,
+        *phases: str,
+        timeout: float = 120,
+        plural: str = names.PLURAL,
     ) -> dict[str, Any]:
         def check() -> dict[str, Any] | None:
-            status = self.status(namespace, name)
+            status = self.status(namespace, name, plural)
             return status if status.get("phase") in phases else None
 
         try:
             return wait_for(check, timeout, what=f"{namespace}/{name} in {phases}")
         except AssertionError as e:
-            raise AssertionError(f"{e}; last status: {self.status(namespace, name)}") from None
+            last = self.status(namespace, name, plural)
+            raise AssertionError(f"{e}; last status: {last}") from None
 
     def pod(self, namespace: str, name: str) -> Any:
         try:

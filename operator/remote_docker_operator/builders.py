@@ -1,4 +1,4 @@
-"""Pure functions that return every child object of a BuildJob as a manifest (a dict).
+"""Pure functions that return every child object of a BuildJob or DockerEngine as a manifest.
 
 This module is the one place that knows the shape of each child: the reconciler only creates
 what these return, and the unit tests check them as data.
@@ -14,7 +14,7 @@ from . import names
 from .certs import TLSBundle
 from .classes import Engine
 from .config import Settings
-from .models import BuildJobSpec
+from .models import BuildJobSpec, EngineRequestSpec
 
 Manifest = dict[str, Any]
 
@@ -30,16 +30,29 @@ DOCKER_CONFIG_DIR = "/docker-config"
 
 @dataclass(frozen=True)
 class Target:
-    """A BuildJob as the builders need it: who it is, what it asks for, where it lives, and the
-    engine its class gives it."""
+    """A BuildJob or DockerEngine as the builders need it: who it is, what it asks for, where
+    it lives, and the engine its class gives it."""
 
     name: str
     namespace: str
     uid: str
-    spec: BuildJobSpec
+    spec: EngineRequestSpec
     settings: Settings
     job_namespace: str
     engine: Engine
+    kind: str = names.KIND
+
+    @property
+    def job_spec(self) -> BuildJobSpec:
+        """A BuildJob's spec: only a BuildJob has a job pod and its fence."""
+        assert isinstance(self.spec, BuildJobSpec), f"a {self.kind} has no job pod"
+        return self.spec
+
+    @property
+    def client_secret(self) -> str:
+        if self.kind == names.DOCKER_ENGINE_KIND:
+            return names.engine_client_secret(self.name)
+        return names.client_secret(self.name)
 
     @property
     def engine_host(self) -> str:
@@ -65,16 +78,19 @@ class Target:
         return ttl_seconds(self.spec, self.settings)
 
 
-def deadline_seconds(spec: BuildJobSpec | None, settings: Settings) -> int:
-    """The BuildJob's activeDeadlineSeconds, else the operator's default."""
+def deadline_seconds(spec: EngineRequestSpec | None, settings: Settings) -> int:
+    """The activeDeadlineSeconds asked for, else the operator's default."""
     given = spec.active_deadline_seconds if spec is not None else None
     return given or settings.default_deadline_seconds
 
 
-def ttl_seconds(spec: BuildJobSpec, settings: Settings) -> int:
-    """The BuildJob's ttlSecondsAfterFinished (0 included), else the operator's default."""
+def ttl_seconds(spec: EngineRequestSpec, settings: Settings) -> int:
+    """ttlSecondsAfterFinished (0 included), else the operator's default for a BuildJob (whose
+    finished job pod keeps its log until then) and 0 for a DockerEngine (nothing to read)."""
     ttl = spec.ttl_seconds_after_finished
-    return settings.default_ttl_seconds if ttl is None else ttl
+    if ttl is not None:
+        return ttl
+    return settings.default_ttl_seconds if isinstance(spec, BuildJobSpec) else 0
 
 
 def owner_labels(t: Target, component: str | None = None) -> dict[str, str]:
@@ -86,6 +102,8 @@ def owner_labels(t: Target, component: str | None = None) -> dict[str, str]:
     }
     if component:
         labels[names.LABEL_COMPONENT] = component
+    if t.kind != names.KIND:
+        labels[names.LABEL_OWNER_KIND] = t.kind
     return labels
 
 
@@ -94,16 +112,19 @@ def _meta(t: Target, name: str, component: str | None = None) -> Manifest:
 
 
 def _tenant_meta(t: Target, name: str) -> Manifest:
-    """The job's side, in the BuildJob's own namespace: owned by the BuildJob, so the garbage
-    collector removes it with the BuildJob even while no operator runs."""
+    """The job's side (a DockerEngine's client Secret), in the owner's own namespace: owned by
+    it, so the garbage collector removes it with the owner even while no operator runs."""
+    component = (
+        names.COMPONENT_CLIENT if t.kind == names.DOCKER_ENGINE_KIND else names.COMPONENT_JOB
+    )
     return {
         "name": name,
         "namespace": t.namespace,
-        "labels": owner_labels(t, names.COMPONENT_JOB),
+        "labels": owner_labels(t, component),
         "ownerReferences": [
             {
                 "apiVersion": names.API_VERSION,
-                "kind": names.KIND,
+                "kind": t.kind,
                 "name": t.name,
                 "uid": t.uid,
                 "controller": True,
@@ -251,10 +272,18 @@ def _job_pod_labels(t: Target) -> Manifest:
     return {names.LABEL_OWNER_UID: t.uid, names.LABEL_COMPONENT: names.COMPONENT_JOB}
 
 
+def client_labels(t: Target) -> Manifest:
+    """The labels of the one pod the engine admits: a BuildJob's job pod, or the client pod a
+    DockerEngine names (labelled so by the operator when the engine is provisioned)."""
+    if t.kind == names.DOCKER_ENGINE_KIND:
+        return {names.client_label(t.uid): "true"}
+    return _job_pod_labels(t)
+
+
 def build_network_policies(t: Target) -> list[Manifest]:
     """The engine's namespace: default deny; the engine reached from this BuildJob's job pod
-    only, on 2376 (and the published ports when opened); DNS and the internet minus the denied
-    CIDRs out of it."""
+    (or this DockerEngine's client pod) only, on 2376 (and the published ports when opened);
+    DNS and the internet minus the denied CIDRs out of it."""
     internet = {"to": _internet_peers(list(t.engine.denied_cidrs))}
 
     def policy(name: str, spec: Manifest) -> Manifest:
@@ -271,7 +300,7 @@ def build_network_policies(t: Target) -> list[Manifest]:
                 "policyTypes": ["Ingress", "Egress"],
                 "ingress": [
                     {
-                        "from": [_in_namespace(t.namespace, _job_pod_labels(t))],
+                        "from": [_in_namespace(t.namespace, client_labels(t))],
                         "ports": engine_ports(t),
                     }
                 ],
@@ -297,7 +326,7 @@ def build_job_policy(t: Target) -> Manifest:
         },
         _DNS_RULE,
     ]
-    if t.spec.network.job_egress == "Internet":
+    if t.job_spec.network.job_egress == "Internet":
         egress.append({"to": _internet_peers(list(t.engine.denied_cidrs))})
     return _policy(
         _tenant_meta(t, names.job_policy(t.name)),
@@ -350,10 +379,10 @@ def build_engine_tls_secret(t: Target, tls: TLSBundle) -> Manifest:
 
 
 def build_client_secret(t: Target, tls: TLSBundle) -> Manifest:
-    """What the job needs to reach its engine: the docker CLI's environment and client certs,
-    beside the job pod in the BuildJob's namespace."""
+    """What the job (or the client pod) needs to reach its engine: the docker CLI's environment
+    and client certs, in the owner's namespace."""
     return _tls_secret(
-        _tenant_meta(t, names.client_secret(t.name)),
+        _tenant_meta(t, t.client_secret),
         tls,
         {
             "DOCKER_HOST": t.docker_host,
@@ -514,7 +543,7 @@ def build_engine_pod(t: Target) -> Manifest:
 
 
 def _client_env(t: Target) -> list[Manifest]:
-    secret = names.client_secret(t.name)
+    secret = t.client_secret
     return [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
@@ -609,7 +638,8 @@ def _wait_for_engine(t: Target) -> Manifest:
 
 
 def build_job_pod(t: Target) -> Manifest:
-    job = t.spec.job
+    request = t.job_spec
+    job = request.job
     # The user's variables first, so spec.job.env[i] is the pod's env[i] in API errors; ours
     # last, so they win over a user's variable of the same name.
     env = [e.model_dump(by_alias=True, exclude_none=True) for e in job.env or []]
@@ -621,20 +651,20 @@ def build_job_pod(t: Target) -> Manifest:
         {
             "name": "docker-client",
             "secret": {
-                "secretName": names.client_secret(t.name),
+                "secretName": t.client_secret,
                 "items": [{"key": k, "path": k} for k in ("ca.pem", "cert.pem", "key.pem")],
                 "defaultMode": 0o444,
             },
         }
     ]
-    if t.spec.docker_config_secret:
+    if request.docker_config_secret:
         env.append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR})
         mounts.append({"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True})
         volumes.append(
             {
                 "name": "docker-config",
                 "secret": {
-                    "secretName": t.spec.docker_config_secret.name,
+                    "secretName": request.docker_config_secret.name,
                     "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
                 },
             }
@@ -666,8 +696,8 @@ def build_job_pod(t: Target) -> Manifest:
         "containers": [container],
         "volumes": volumes,
     }
-    if t.spec.image_pull_secrets:
-        spec["imagePullSecrets"] = [{"name": ref.name} for ref in t.spec.image_pull_secrets]
+    if request.image_pull_secrets:
+        spec["imagePullSecrets"] = [{"name": ref.name} for ref in request.image_pull_secrets]
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from . import names
 from .errors import ClassNotFound, ClassRefused
-from .models import BuildJobSpec, EngineClass, EngineClassSpec, LabelSelector
+from .models import EngineClass, EngineClassSpec, EngineRequestSpec, LabelSelector
 
 Obj = dict[str, Any]
 DEFAULT_REQUEST = {"cpu": "100m", "memory": "128Mi"}
@@ -112,7 +112,7 @@ def _quantity(value: str) -> Decimal:
 def resolve(
     class_name: str,
     cls: EngineClassSpec,
-    spec: BuildJobSpec,
+    spec: EngineRequestSpec,
     namespace: str,
     ns_labels: dict[str, str],
 ) -> Engine:

@@ -1,4 +1,4 @@
-"""Generates the CRDs (BuildJob, EngineClass) from the pydantic models.
+"""Generates the CRDs (BuildJob, DockerEngine, EngineClass) from the pydantic models.
 
 `python -m remote_docker_operator.crd DIR...` writes every CRD into each DIR; a unit test fails
 when a committed copy differs from what this module generates.
@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 from . import names
-from .models import BuildJob, EngineClass
+from .models import BuildJob, DockerEngine, EngineClass
 
 # Keys pydantic emits that a structural CRD schema must not have (defaults are left out on
 # purpose: the operator applies them, so stored objects stay exactly as the user wrote them).
@@ -35,6 +35,21 @@ BUILDJOB_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Namespace", "type": "string", "priority": 1, "jsonPath": ".status.namespace"},
 ]
+DOCKERENGINE_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+    {"name": "Reason", "type": "string", "jsonPath": ".status.reason"},
+    {"name": "Client", "type": "string", "jsonPath": ".spec.clientPod.name"},
+    {"name": "Class", "type": "string", "jsonPath": ".status.engineClass"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    {"name": "Secret", "type": "string", "priority": 1, "jsonPath": ".status.clientSecret"},
+    {"name": "Endpoint", "type": "string", "priority": 1, "jsonPath": ".status.engine.endpoint"},
+    {"name": "Namespace", "type": "string", "priority": 1, "jsonPath": ".status.namespace"},
+]
+# The name is copied into label values on every child object, which hold 63 characters.
+_NAME_IS_A_LABEL = {
+    "rule": "size(self.metadata.name) <= 63",
+    "message": "metadata.name: must be no more than 63 characters (it is used as a label value)",
+}
 ENGINECLASS_COLUMNS: list[dict[str, Any]] = [
     {
         "name": "Default",
@@ -76,14 +91,20 @@ RESOURCES = (
         "A CI job run against its own isolated remote Docker engine, in a namespace of its own.",
         BUILDJOB_COLUMNS,
         status=True,
-        # The name is copied into label values on every child object, which hold 63 characters.
-        rules=[
-            {
-                "rule": "size(self.metadata.name) <= 63",
-                "message": "metadata.name: must be no more than 63 characters "
-                "(it is used as a label value)",
-            }
-        ],
+        rules=[_NAME_IS_A_LABEL],
+    ),
+    Resource(
+        names.DOCKER_ENGINE_KIND,
+        names.DOCKER_ENGINE_PLURAL,
+        names.DOCKER_ENGINE_SHORT_NAMES,
+        "Namespaced",
+        DockerEngine,
+        "An isolated remote Docker engine, in a namespace of its own, for one pod that already "
+        "runs (a CI runner's): its client Secret is written beside the pod, and the engine goes "
+        "when the pod does.",
+        DOCKERENGINE_COLUMNS,
+        status=True,
+        rules=[_NAME_IS_A_LABEL],
     ),
     Resource(
         names.CLASS_KIND,
@@ -211,7 +232,7 @@ def _closed(node: Any) -> Any:
 
 def engine_class_values_schema() -> dict[str, Any]:
     """The chart's `engineClass.spec` values schema: the EngineClass CRD's own spec schema."""
-    spec: dict[str, Any] = _closed(openapi_schema(RESOURCES[1])["properties"]["spec"])
+    spec: dict[str, Any] = _closed(openapi_schema(RESOURCES[2])["properties"]["spec"])
     return spec
 
 

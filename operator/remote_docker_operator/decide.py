@@ -1,4 +1,5 @@
-"""Decide: from what the operator knows of one BuildJob and its pods, the next actions.
+"""Decide: from what the operator knows of one BuildJob (or DockerEngine) and its pods, the next
+actions.
 
 Pure: no API calls, no clock of its own, nothing mutated. reconcile.py gathers what `decide`
 needs (its pods from the watch, or a read), does what comes back, in order, and asks again on
@@ -18,6 +19,9 @@ from .models import TERMINAL_PHASES
 ACTIVE_PHASES = frozenset({"Provisioning", "Running"})
 # A job that ran to its end keeps its pod (and log) until the TTL; one cut short has it stopped.
 RAN_TO_END = frozenset({st.SUCCEEDED, st.JOB_FAILED})
+# How long a DockerEngine waits for the client pod it names to exist: one made by a webhook at
+# the pod's admission is written before its pod is.
+CLIENT_POD_GRACE_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,9 @@ class Known:
     drift_check: bool = False  # re-read what exists instead of trusting what was made
     engine_stopped: bool = False  # the engine (and a cut-short job pod) was deleted
     engine: Obj | None = None
-    job: Obj | None = None
+    job: Obj | None = None  # a DockerEngine's: the client pod (the tenant's, never ours)
+    for_client: bool = False  # a DockerEngine: no job pod of its own, a client pod instead
+    client_bound: bool = False  # the client pod carries this engine's label
 
     @property
     def phase(self) -> str | None:
@@ -89,6 +95,19 @@ class Finish:
 
 
 @dataclass(frozen=True)
+class BindClient:
+    """Labels the client pod for the engine's policy, and makes it the DockerEngine's owner."""
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Nothing to do but ask again after `delay` seconds (errors.NotYet)."""
+
+    why: str
+    delay: float
+
+
+@dataclass(frozen=True)
 class StopPods:
     job_too: bool
 
@@ -101,7 +120,16 @@ class DeleteNamespace:
 
 
 Action = (
-    SetStatus | Fail | MakeChildren | CreatePod | MakeQuota | Finish | StopPods | DeleteNamespace
+    SetStatus
+    | Fail
+    | MakeChildren
+    | CreatePod
+    | MakeQuota
+    | Finish
+    | StopPods
+    | DeleteNamespace
+    | BindClient
+    | Wait
 )
 
 
@@ -118,24 +146,27 @@ def decide(k: Known) -> list[Action]:
             Fail(st.DEADLINE_EXCEEDED, f"activeDeadlineSeconds ({k.deadline_seconds}s) exceeded")
         ]
     if k.phase == "Provisioning":
-        return provision(k)
+        return provision_for_client(k) if k.for_client else provision(k)
     if k.phase == "Running":
-        return follow(k)
+        return follow_client(k) if k.for_client else follow(k)
     return []
 
 
 def start(t: builders.Target, start_time: str) -> SetStatus:
     """Admitted: Provisioning, with what the user may want to know at once."""
+    fields: dict[str, Any] = {
+        "startTime": start_time,
+        "namespace": t.job_namespace,
+        "engineClass": t.engine.class_name,
+        "engine": {"endpoint": t.docker_host, "ready": False},
+    }
+    if t.kind == names.DOCKER_ENGINE_KIND:
+        fields["clientSecret"] = t.client_secret
     return SetStatus(
         "Provisioning",
         st.PROVISIONING,
         f"creating namespace {t.job_namespace} and the engine",
-        {
-            "startTime": start_time,
-            "namespace": t.job_namespace,
-            "engineClass": t.engine.class_name,
-            "engine": {"endpoint": t.docker_host, "ready": False},
-        },
+        fields,
     )
 
 
@@ -169,6 +200,75 @@ def provision(k: Known) -> list[Action]:
             {"jobPod": k.job_pod},
         ),
     ]
+
+
+def provision_for_client(k: Known) -> list[Action]:
+    """A DockerEngine: the engine, and its client pod labelled and made its owner."""
+    actions: list[Action] = []
+    if not k.children_made or k.drift_check:
+        actions.append(MakeChildren(check_first=k.drift_check))
+    if k.engine is None:
+        actions.append(CreatePod(names.ENGINE_POD))
+    if k.job is None:
+        started = k.started
+        if started and k.now >= started + datetime.timedelta(seconds=CLIENT_POD_GRACE_SECONDS):
+            return [
+                *actions,
+                Fail(
+                    st.CLIENT_POD_NOT_FOUND,
+                    f"spec.clientPod.name: pod {k.namespace}/{k.job_pod} not found "
+                    f"within {CLIENT_POD_GRACE_SECONDS}s",
+                ),
+            ]
+        return [*actions, Wait(f"client pod {k.namespace}/{k.job_pod} does not exist yet", 1)]
+    if (gone := client_gone(k.job)) is not None:
+        return [*actions, gone, Finish()]
+    if not k.client_bound:
+        actions.append(BindClient())
+    if k.engine is None:
+        return actions
+    if (failed := engine_failure(k.engine)) is not None:
+        return [*actions, failed]
+    if not pods.is_ready(k.engine):
+        return actions
+    return [
+        *actions,
+        MakeQuota(),
+        SetStatus(
+            "Running",
+            st.ENGINE_READY,
+            f"engine ready for pod {k.namespace}/{k.job_pod}",
+        ),
+    ]
+
+
+def follow_client(k: Known) -> list[Action]:
+    actions: list[Action] = []
+    if not k.children_made or k.drift_check:
+        actions.append(MakeChildren(check_first=True))
+    if k.job is None or not k.client_bound:
+        # Not bound: a new pod was made under the client's name; the engine was not its.
+        gone = SetStatus(
+            "Succeeded", st.CLIENT_GONE, f"the client pod {k.namespace}/{k.job_pod} was deleted"
+        )
+        return [*actions, gone, Finish()]
+    if (ended := client_gone(k.job)) is not None:
+        return [*actions, ended, Finish()]
+    if k.engine is None:
+        return [*actions, Fail(st.ENGINE_FAILED, "the engine pod was deleted")]
+    failed = engine_failure(k.engine)
+    return [*actions, failed] if failed is not None else actions
+
+
+def client_gone(client: Obj) -> SetStatus | None:
+    """The client pod finished or is going: the engine's work is done."""
+    phase = (client.get("status") or {}).get("phase")
+    name = f"{client['metadata'].get('namespace')}/{client['metadata'].get('name')}"
+    if phase in ("Succeeded", "Failed"):
+        return SetStatus("Succeeded", st.CLIENT_GONE, f"the client pod {name} finished ({phase})")
+    if pods.is_terminating(client):
+        return SetStatus("Succeeded", st.CLIENT_GONE, f"the client pod {name} is being deleted")
+    return None
 
 
 def follow(k: Known) -> list[Action]:
@@ -248,13 +348,15 @@ def job_gave_up(job: Obj) -> Fail | None:
 
 
 def finish(k: Known) -> list[Action]:
-    """The engine goes as soon as the job ends; the namespace after the TTL."""
+    """The engine goes as soon as the job ends (a DockerEngine's client is never touched); the
+    namespace after the TTL."""
     # Only a BuildJob that got as far as provisioning has children.
     if not k.started:
         return []
     actions: list[Action] = []
     if not k.engine_stopped:
-        actions.append(StopPods(job_too=k.status.get("reason") not in RAN_TO_END))
+        cut_short = k.status.get("reason") not in RAN_TO_END
+        actions.append(StopPods(job_too=cut_short and not k.for_client))
     if k.status.get("cleanedUp") or k.ttl_seconds is None:
         return actions
     finished = st.parse_time(k.status.get("completionTime"))

@@ -15,6 +15,8 @@ STEPS = (
     "job-pod",
     "finished",
 )
+# A DockerEngine's step instead of "job-pod": its client pod labelled and made its owner.
+CLIENT_STEPS = ("client-bound",)
 
 
 def reached(step: str) -> None:

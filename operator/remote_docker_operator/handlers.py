@@ -133,6 +133,17 @@ def _swept(namespaces: list[str], logger: logging.Logger | kopf.Logger) -> None:
 
 @kopf.on.event(names.GROUP, names.VERSION, names.PLURAL)
 def buildjob_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _owner_event(body, type, memo)
+
+
+@kopf.on.event(names.GROUP, names.VERSION, names.DOCKER_ENGINE_PLURAL)
+def dockerengine_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    _owner_event(body, type, memo)
+
+
+def _owner_event(body: kopf.Body, type: str | None, memo: kopf.Memo) -> None:
+    """A BuildJob's event, or a DockerEngine's (the same life but for the job pod); the body
+    says which."""
     rec = reconciler(memo)
     if type == "DELETED" or body.metadata.deletion_timestamp:
         # Going: another finalizer may hold it a while (or an earlier version's, released here).

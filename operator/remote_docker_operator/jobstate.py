@@ -1,4 +1,4 @@
-"""What the operator remembers of one BuildJob between triggers."""
+"""What the operator remembers of one BuildJob or DockerEngine between triggers."""
 
 import threading
 from dataclasses import dataclass, field
@@ -9,7 +9,7 @@ from . import names
 from . import status as st
 from .builders import Target
 from .kube import Obj
-from .models import BuildJob, BuildJobSpec
+from .models import BuildJob, DockerEngine, DockerEngineSpec, EngineRequestSpec
 
 
 @dataclass
@@ -20,12 +20,13 @@ class JobState:
     created: str  # creationTimestamp: the queue's order (to the second)
     seen: int  # the order this operator first saw it in: breaks ties within a second
     generation: int | None
-    spec: BuildJobSpec | None
+    spec: EngineRequestSpec | None
     invalid: str | None  # why the spec cannot work, when it cannot
     status: st.Status
     # Never read from the BuildJob (its status is writable by more than the operator): the
     # namespace this operator found labelled for the uid at start-up, else made from the prefix.
     job_namespace: str
+    kind: str = names.KIND  # or names.DOCKER_ENGINE_KIND: an engine for a pod of the tenant's
     # The BuildJob with its class resolved; set when it is admitted, or found running.
     target: Target | None = None
     deleting: bool = False
@@ -35,6 +36,7 @@ class JobState:
     cleaned: bool = False  # engine (and a cut-short job's pod) deleted after finishing
     # Provisioning was written in this very step: no child exists yet, nothing needs reading.
     started_here: bool = False
+    client_bound: bool = False  # a DockerEngine's client pod carries its label (as last read)
     retries: int = 0  # requeues in a row (errors.NotYet): the next one waits twice as long
     # The newest body of each child pod from the pod watch (None: deleted), so that following
     # a job costs no reads; a pod not seen yet is read from the API server.
@@ -54,17 +56,41 @@ class JobState:
         return self.created, self.seen
 
     @property
+    def for_client(self) -> bool:
+        """A DockerEngine: its "job pod" is the tenant's client pod, never made or deleted here."""
+        return self.kind == names.DOCKER_ENGINE_KIND
+
+    @property
+    def job_pod(self) -> str:
+        """The name of the job pod, or of a DockerEngine's client pod ("" while unknown)."""
+        if not self.for_client:
+            return names.job_pod(self.name)
+        spec = self.spec
+        return spec.client_pod.name if isinstance(spec, DockerEngineSpec) else ""
+
+    @property
+    def client_secret(self) -> str:
+        if self.for_client:
+            return names.engine_client_secret(self.name)
+        return names.client_secret(self.name)
+
+    @property
+    def ready_condition(self) -> str:
+        return st.READY if self.for_client else st.ENGINE_READY
+
+    @property
     def ref(self) -> Obj:
         return {
             "apiVersion": names.API_VERSION,
-            "kind": names.KIND,
+            "kind": self.kind,
             "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid},
         }
 
 
-def parse_spec(body: Obj) -> tuple[BuildJobSpec | None, str | None]:
+def parse_spec(body: Obj, kind: str = names.KIND) -> tuple[EngineRequestSpec | None, str | None]:
+    model = DockerEngine if kind == names.DOCKER_ENGINE_KIND else BuildJob
     try:
-        job = BuildJob.model_validate({"spec": body.get("spec")})
+        job = model.model_validate({"spec": body.get("spec")})
     except ValidationError as e:
         first = e.errors()[0]
         where = "spec." + ".".join(str(p) for p in first["loc"][1:])

@@ -34,6 +34,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "LimitRange": ("/api/v1", "limitranges"),
     "Event": ("/api/v1", "events"),
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
+    names.DOCKER_ENGINE_KIND: (f"/apis/{names.API_VERSION}", names.DOCKER_ENGINE_PLURAL),
     names.CLASS_KIND: (f"/apis/{names.API_VERSION}", names.CLASS_PLURAL),
 }
 THROTTLE_RETRIES = 5
@@ -173,6 +174,25 @@ class Kube:
         except ApiException as e:
             if e.status not in (404, 422):
                 raise
+
+    def patch(self, kind: str, namespace: str, name: str, body: Obj | list[Obj]) -> bool:
+        """A merge patch (a JSON patch when body is a list); False when the object is gone, or
+        is not the one a precondition in the patch names (409, or a failed test: 422)."""
+        json_patch = isinstance(body, list)
+        try:
+            self.request(
+                "PATCH",
+                path(kind, namespace, name),
+                body,  # type: ignore[arg-type]
+                content_type="application/json-patch+json"
+                if json_patch
+                else "application/merge-patch+json",
+            )
+        except ApiException as e:
+            if e.status in (404, 409, 422):
+                return False
+            raise
+        return True
 
     def list(self, kind: str, label_selector: str | None = None) -> list[Obj]:
         query = [("labelSelector", label_selector)] if label_selector else None

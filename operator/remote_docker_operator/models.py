@@ -1,7 +1,7 @@
-"""The BuildJob API (remotedocker.dev/v1alpha1) as pydantic models.
+"""The remotedocker.dev/v1alpha1 API (BuildJob, DockerEngine, EngineClass) as pydantic models.
 
 These models are the single source of truth: the CRD's OpenAPI schema is generated from them
-(crd.py), and the operator parses every BuildJob through them. Constraints that the API server
+(crd.py), and the operator parses every object through them. Constraints that the API server
 can check are written here as schema constraints or CEL rules, so bad input is refused at
 admission with a message that names the field.
 """
@@ -255,6 +255,14 @@ class PublishedPorts(ApiModel):
         return self
 
 
+class EngineNetworkSpec(ApiModel):
+    published_ports: PublishedPorts | None = Field(
+        None,
+        description="Off unless set: ports containers publish on the engine that the client pod "
+        "may reach (its engine's 2376 only, otherwise).",
+    )
+
+
 class NetworkSpec(ApiModel):
     job_egress: Literal["Internet", "None"] = Field(
         "Internet",
@@ -265,6 +273,33 @@ class NetworkSpec(ApiModel):
         None,
         description="Off unless set: ports containers publish on the engine that this job's pod "
         "may reach (its engine's 2376 only, otherwise).",
+    )
+
+
+class DockerEngineSpec(ApiModel):
+    """One engine for one pod that already runs (a CI runner's): CircleCI's setup_remote_docker
+    as a resource."""
+
+    client_pod: LocalObjectReference = Field(
+        description="The pod in this namespace that uses the engine: the only one its policy "
+        "admits, and the engine goes when it goes (deleted or finished)."
+    )
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="The Docker engine.")
+    network: EngineNetworkSpec = Field(
+        default_factory=EngineNetworkSpec, description="What the client may reach."
+    )
+    active_deadline_seconds: int | None = Field(
+        None,
+        ge=1,
+        le=86400,
+        description="Seconds from start after which the engine is stopped (DeadlineExceeded).",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        None,
+        ge=0,
+        le=2592000,
+        description="Seconds after the engine ends until its namespace is deleted (default 0: "
+        "an engine's namespace holds nothing worth keeping once it stopped).",
     )
 
 
@@ -359,6 +394,54 @@ class BuildJob(ApiModel):
         description="What to run and with which engine. Immutable once created.",
     )
     status: BuildJobStatus | None = Field(None, description="Observed state.")
+
+
+class DockerEngineStatus(ApiModel):
+    phase: Phase | None = Field(
+        None,
+        description="Pending, Provisioning, Running (ready for the client), Succeeded (the "
+        "client ended) or Failed.",
+    )
+    reason: str | None = Field(None, description="Why the engine is in its phase (CamelCase).")
+    message: str | None = Field(None, description="Details for a person.")
+    namespace: str | None = Field(None, description="The engine's own namespace.")
+    engine_class: str | None = Field(None, description="The EngineClass the engine runs with.")
+    engine: EngineStatus | None = Field(None, description="The remote engine.")
+    client_secret: str | None = Field(
+        None,
+        description="The Secret in this namespace with DOCKER_HOST, DOCKER_TLS_VERIFY, "
+        "DOCKER_CERT_PATH and the client's ca.pem, cert.pem and key.pem.",
+    )
+    start_time: str | None = Field(None, description="When provisioning started.")
+    completion_time: str | None = Field(None, description="When the engine ended.")
+    duration: str | None = Field(None, description="completionTime - startTime, e.g. 1m12s.")
+    cleaned_up: bool | None = Field(
+        None, description="True once the engine's namespace was deleted after the TTL."
+    )
+    observed_generation: int | None = Field(None, description="The generation last acted on.")
+    conditions: list[Condition] | None = Field(
+        None,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+        description="Ready, Complete and Failed, in the metav1.Condition shape.",
+    )
+
+
+class DockerEngine(ApiModel):
+    """The whole object as the operator reads it."""
+
+    spec: DockerEngineSpec = Field(
+        json_schema_extra={
+            "x-kubernetes-validations": [cel("self == oldSelf", "spec is immutable")]
+        },
+        description="Which pod the engine serves and what engine it is. Immutable once created.",
+    )
+    status: DockerEngineStatus | None = Field(None, description="Observed state.")
+
+
+# Either resource that asks for an engine: what the reconciler, the queue and the builders
+# share (a DockerEngine has no job of its own).
+EngineRequestSpec = BuildJobSpec | DockerEngineSpec
 
 
 # -- EngineClass (cluster-scoped, the platform admin's) ---------------------------------------

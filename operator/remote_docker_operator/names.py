@@ -13,6 +13,10 @@ KIND = "BuildJob"
 PLURAL = "buildjobs"
 SINGULAR = "buildjob"
 SHORT_NAMES = ("bj",)
+# One engine for a pod that already runs (a CI runner's), rather than for a job of our own.
+DOCKER_ENGINE_KIND = "DockerEngine"
+DOCKER_ENGINE_PLURAL = "dockerengines"
+DOCKER_ENGINE_SHORT_NAMES = ("de",)
 CLASS_KIND = "EngineClass"
 CLASS_PLURAL = "engineclasses"
 CLASS_SHORT_NAMES = ("ec",)
@@ -40,6 +44,12 @@ LABEL_OWNER_NAMESPACE = f"{GROUP}/buildjob-namespace"
 LABEL_OWNER_NAME = f"{GROUP}/buildjob-name"
 LABEL_OWNER_UID = f"{GROUP}/buildjob-uid"
 LABEL_ENGINE_CLASS = f"{GROUP}/engine-class"
+# The kind of the owner the labels above name, on a DockerEngine's children only (absent: a
+# BuildJob, as on every child made before DockerEngine existed).
+LABEL_OWNER_KIND = f"{GROUP}/owner-kind"
+# Put on a DockerEngine's client pod, one per engine (the key ends in the hash of its uid): the
+# engine's NetworkPolicy admits pods with it. A pod may be the client of several engines.
+CLIENT_LABEL_PREFIX = f"client.{GROUP}/"
 # Annotation on both TLS secrets: they belong together only when their CA fingerprints match.
 ANNOTATION_CA_FINGERPRINT = f"{GROUP}/ca-fingerprint"
 # A hash of the manifest a child was built from (builders.stamped).
@@ -47,6 +57,7 @@ ANNOTATION_BUILT_FROM = f"{GROUP}/built-from"
 
 COMPONENT_ENGINE = "engine"
 COMPONENT_JOB = "job"
+COMPONENT_CLIENT = "client"  # a DockerEngine's client Secret, beside its client pod
 
 # Child objects inside the per-job namespace. Fixed names make every create idempotent.
 ENGINE_POD = "engine"
@@ -108,3 +119,19 @@ def client_secret(buildjob: str) -> str:
 
 def job_policy(buildjob: str) -> str:
     return f"{buildjob}-job"
+
+
+def client_label(uid: str) -> str:
+    """The label key on a DockerEngine's client pod (CLIENT_LABEL_PREFIX)."""
+    return CLIENT_LABEL_PREFIX + uid_hash(uid)
+
+
+def owner_kind(labels: dict[str, str]) -> str:
+    """The kind of the owner a child's labels name."""
+    return labels.get(LABEL_OWNER_KIND, KIND)
+
+
+def engine_client_secret(docker_engine: str) -> str:
+    """A DockerEngine's client Secret: named apart from a BuildJob's (`NAME-docker`), as both
+    kinds may share a name in one namespace."""
+    return f"{docker_engine}-dockerengine"

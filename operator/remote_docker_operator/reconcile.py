@@ -25,7 +25,7 @@ from .decide import Action, Known
 from .errors import ChildLost, ForeignObject, InvalidSpec, NotYet, Refusal
 from .jobstate import JobState, parse_spec
 from .kube import Kube, Obj
-from .models import TERMINAL_PHASES, BuildJobSpec
+from .models import TERMINAL_PHASES, EngineRequestSpec
 
 logger = logging.getLogger(__name__)
 
@@ -70,13 +70,15 @@ class Reconciler:
     # -- bookkeeping --------------------------------------------------------------------------
 
     def observe(self, body: Obj) -> JobState:
-        """Registers a BuildJob seen in an event or a list; returns its state."""
+        """Registers a BuildJob or DockerEngine (its body's kind; none: a BuildJob) seen in an
+        event or a list; returns its state."""
         meta = body["metadata"]
         uid = meta["uid"]
+        kind = body.get("kind") or names.KIND
         with self._jobs_lock:
             state = self.jobs.get(uid)
             if state is None:
-                spec, invalid = parse_spec(body)
+                spec, invalid = parse_spec(body, kind)
                 state = JobState(
                     uid=uid,
                     namespace=meta["namespace"],
@@ -89,6 +91,7 @@ class Reconciler:
                     status=dict(body.get("status") or {}),
                     job_namespace=self.namespaces.get(uid)
                     or names.job_namespace(self.settings.namespace_prefix, uid),
+                    kind=kind,
                 )
                 self.jobs[uid] = state
         # Our own status writes are newer than any body but the first, so only flags update.
@@ -97,13 +100,15 @@ class Reconciler:
 
     @staticmethod
     def _pod_place(state: JobState, role: str) -> tuple[str, str]:
-        """Namespace and name of the BuildJob's engine pod or job pod (role: ENGINE_POD or
-        JOB_POD)."""
+        """Namespace and name of the engine pod or the job pod (a DockerEngine's: its client
+        pod) (role: ENGINE_POD or JOB_POD)."""
         if role == names.ENGINE_POD:
             return state.job_namespace, names.ENGINE_POD
-        return state.namespace, names.job_pod(state.name)
+        return state.namespace, state.job_pod
 
     def _pod(self, state: JobState, role: str, fresh: bool = False) -> Obj | None:
+        if state.for_client and role == names.JOB_POD:
+            return self._client(state, fresh)
         if state.started_here and role not in state.pods:
             state.pods[role] = None
         if fresh or role not in state.pods:
@@ -111,6 +116,50 @@ class Reconciler:
             pod = self._owned(state, "Pod", name, namespace)
             state.pods[role] = None if pod is None else pods.essence(pod)
         return state.pods[role]
+
+    def _client(self, state: JobState, fresh: bool) -> Obj | None:
+        """A DockerEngine's client pod: the tenant's own, read as it is (no events come for
+        it) while provisioning and at each resync."""
+        if fresh or state.phase == "Provisioning" or names.JOB_POD not in state.pods:
+            pod = self.kube.get("Pod", state.namespace, state.job_pod)
+            labels = ((pod or {}).get("metadata") or {}).get("labels") or {}
+            state.client_bound = labels.get(names.client_label(state.uid)) == "true"
+            state.pods[names.JOB_POD] = None if pod is None else pods.essence(pod)
+        return state.pods[names.JOB_POD]
+
+    def _bind_client(self, state: JobState) -> None:
+        """Makes the client pod the DockerEngine's owner (the garbage collector deletes the
+        DockerEngine, and so the operator its engine, when the pod goes, even while no operator
+        runs), then labels the pod, which the engine's policy admits by that label. In that
+        order: the label is what says it is done."""
+        client = state.pods.get(names.JOB_POD)
+        assert client is not None, "a client pod is bound only once read"
+        pod, pod_uid = client["metadata"]["name"], client["metadata"]["uid"]
+        owner = self.kube.get(state.kind, state.namespace, state.name)
+        if owner is None or owner["metadata"]["uid"] != state.uid:
+            state.gone = True
+            return
+        meta = owner["metadata"]
+        owners = meta.get("ownerReferences") or []
+        if not any(o.get("uid") == pod_uid for o in owners):
+            ref = {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": pod_uid}
+            # Beside the owners it has (a CI system's own); the version read is a precondition.
+            patch = [
+                {
+                    "op": "test",
+                    "path": "/metadata/resourceVersion",
+                    "value": meta["resourceVersion"],
+                },
+                {"op": "add", "path": "/metadata/ownerReferences", "value": [*owners, ref]},
+            ]
+            if not self.kube.patch(state.kind, state.namespace, state.name, patch):
+                raise NotYet(f"{state.kind} {state.name} changed while being bound; again", 1)
+        # The uid read is a precondition: a pod made since under that name is not labelled.
+        label = {"metadata": {"uid": pod_uid, "labels": {names.client_label(state.uid): "true"}}}
+        if not self.kube.patch("Pod", state.namespace, pod, label):
+            state.pods.pop(names.JOB_POD, None)
+            raise NotYet(f"client pod {state.namespace}/{pod} changed; reading it again", 1)
+        state.client_bound = True
 
     def _owned(
         self, state: JobState, kind: str, name: str | None = None, namespace: str | None = None
@@ -132,11 +181,12 @@ class Reconciler:
                 namespace == state.namespace
                 and labels.get(names.LABEL_MANAGED_BY) == names.APP
                 and labels.get(names.LABEL_OWNER_NAME) == state.name
+                and names.owner_kind(labels) == state.kind
             ):
-                # The BuildJob was deleted and made again under its name: its predecessor's
-                # job pod, Secret or policy goes with it (the garbage collector, by their
+                # The owner was deleted and made again under its name: its predecessor's job
+                # pod, Secret or policy goes with it (the garbage collector, by their
                 # ownerReference), which takes a moment.
-                raise NotYet(f"{kind} {where} of an earlier BuildJob {state.name} is going", 1)
+                raise NotYet(f"{kind} {where} of an earlier {state.kind} {state.name} is going", 1)
             raise ForeignObject(
                 f"{kind} {where} exists but was not made by the operator for this BuildJob; "
                 "it was left alone and nothing of this BuildJob was put in it"
@@ -167,20 +217,22 @@ class Reconciler:
         state = self.jobs.get(uid)
         if state is None:
             owner = self.kube.get(
-                names.KIND,
+                names.owner_kind(labels),
                 labels.get(names.LABEL_OWNER_NAMESPACE, ""),
                 labels.get(names.LABEL_OWNER_NAME, ""),
             )
             if owner is None or owner["metadata"]["uid"] != uid:
                 return  # its BuildJob is gone; the namespace goes with it
-            state = self.observe(owner)
+            state = self.observe({**owner, "kind": names.owner_kind(labels)})
         role = (
             names.ENGINE_POD
             if labels.get(names.LABEL_COMPONENT) == names.COMPONENT_ENGINE
             else names.JOB_POD
         )
         namespace, name = self._pod_place(state, role)
-        if (meta.get("namespace"), meta.get("name")) != (namespace, name):
+        # A DockerEngine's client pod is the tenant's: what it says of itself is not its status.
+        ignored = state.for_client and role == names.JOB_POD
+        if ignored or (meta.get("namespace"), meta.get("name")) != (namespace, name):
             logger.warning(
                 "Ignored pod %s/%s: it claims BuildJob %s/%s, whose %s pod is %s/%s",
                 meta.get("namespace"),
@@ -299,12 +351,14 @@ class Reconciler:
             ttl_seconds=None if spec is None else builders.ttl_seconds(spec, settings),
             job_namespace=state.job_namespace,
             namespace=state.namespace,
-            job_pod=names.job_pod(state.name),
+            job_pod=state.job_pod,
             children_made=state.provisioned,
             drift_check=drift_check,
             engine_stopped=state.cleaned,
             engine=self._pod(state, names.ENGINE_POD, drift_check) if pods else None,
             job=self._pod(state, names.JOB_POD, drift_check) if pods else None,
+            for_client=state.for_client,
+            client_bound=state.client_bound,
         )
 
     def _run(self, state: JobState, actions: list[Action]) -> None:
@@ -326,6 +380,11 @@ class Reconciler:
                         self._check_secrets(t)
                         self._create_pod(state, role, builders.build_job_pod(t))
                     failpoints.reached(f"{role}-pod")
+                case decide.BindClient():
+                    self._bind_client(state)
+                    failpoints.reached("client-bound")
+                case decide.Wait(why=why, delay=delay):
+                    raise NotYet(why, delay)
                 case decide.MakeQuota():
                     self._ensure(state, builders.build_quota(self._target(state)), False)
                 case decide.Finish():
@@ -355,7 +414,7 @@ class Reconciler:
         assert state.target is not None, "children are made only for a resolved BuildJob"
         return state.target
 
-    def _resolve(self, state: JobState, spec: BuildJobSpec) -> Target:
+    def _resolve(self, state: JobState, spec: EngineRequestSpec) -> Target:
         """The BuildJob with its EngineClass applied, or the refusal that names the field."""
         class_name, cls = classes.pick(self.classes, spec.engine.class_name)
         labels: dict[str, str] = {}
@@ -371,6 +430,7 @@ class Reconciler:
             self.settings,
             state.job_namespace,
             engine,
+            state.kind,
         )
 
     # -- making children ----------------------------------------------------------------------
@@ -389,7 +449,8 @@ class Reconciler:
             self._ensure(state, limits, check_first)
         for policy in builders.build_network_policies(t):
             self._ensure(state, policy, check_first)
-        self._ensure(state, builders.build_job_policy(t), check_first)
+        if not state.for_client:
+            self._ensure(state, builders.build_job_policy(t), check_first)
         failpoints.reached("policies")
         service = self._ensure(state, builders.build_engine_service(t), check_first)
         failpoints.reached("service")
@@ -436,15 +497,16 @@ class Reconciler:
         """The registry credentials the job pod will use, read in the BuildJob's namespace
         before the pod is made: one missing or of another kind is a refusal that names the
         field, not a pod stuck waiting for a volume."""
+        spec = t.job_spec
         wanted: list[tuple[str, str, tuple[str, ...]]] = [
             (f"spec.imagePullSecrets[{i}].name", ref.name, builders.DOCKER_CONFIG_TYPES)
-            for i, ref in enumerate(t.spec.image_pull_secrets or [])
+            for i, ref in enumerate(spec.image_pull_secrets or [])
         ]
-        if t.spec.docker_config_secret:
+        if spec.docker_config_secret:
             wanted.append(
                 (
                     "spec.dockerConfigSecret.name",
-                    t.spec.docker_config_secret.name,
+                    spec.docker_config_secret.name,
                     builders.DOCKER_CONFIG_TYPES[:1],
                 )
             )
@@ -466,7 +528,7 @@ class Reconciler:
         ):
             return  # else one existed after all (409): read both and check, as below
         secrets = [
-            self._owned(state, "Secret", names.client_secret(state.name), state.namespace),
+            self._owned(state, "Secret", state.client_secret, state.namespace),
             self._owned(state, "Secret", names.ENGINE_TLS_SECRET),
         ]
         prints = {
@@ -528,12 +590,17 @@ class Reconciler:
 
     def _delete_job_side(self, state: JobState, pod_only: bool = False) -> None:
         """The job pod and, unless pod_only, its Secret and NetworkPolicy: what the BuildJob has
-        in its own namespace (the garbage collector removes them with the BuildJob too)."""
-        namespace, pod = self._pod_place(state, names.JOB_POD)
-        self._delete(state, "Pod", pod, grace_period_seconds=0, namespace=namespace)
+        in its own namespace (the garbage collector removes them with the BuildJob too). A
+        DockerEngine's client pod is the tenant's, never deleted: only its Secret is ours."""
+        namespace = state.namespace
+        if not state.for_client:
+            pod = state.job_pod
+            self._delete(state, "Pod", pod, grace_period_seconds=0, namespace=namespace)
         if not pod_only:
-            self._delete(state, "Secret", names.client_secret(state.name), namespace=namespace)
-            self._delete(state, "NetworkPolicy", names.job_policy(state.name), namespace=namespace)
+            self._delete(state, "Secret", state.client_secret, namespace=namespace)
+            if not state.for_client:
+                policy = names.job_policy(state.name)
+                self._delete(state, "NetworkPolicy", policy, namespace=namespace)
 
     def _delete(
         self,
@@ -585,6 +652,7 @@ class Reconciler:
             change.message,
             state.generation,
             self.clock(),
+            state.ready_condition,
             **change.fields,
         )
         if not self._write(state, new):
@@ -605,7 +673,7 @@ class Reconciler:
         patch = st.merge_patch(state.status, new)
         if not patch:
             return False
-        if not self.kube.patch_status(names.KIND, state.namespace, state.name, patch):
+        if not self.kube.patch_status(state.kind, state.namespace, state.name, patch):
             state.gone = True
             return False
         metrics.status_written(state.created, state.status, new)
@@ -626,7 +694,7 @@ class Reconciler:
             self._delete_job_side(state)
             meta = body["metadata"]
             if names.LEGACY_FINALIZER in (meta.get("finalizers") or []):
-                self.kube.remove_finalizer(names.KIND, meta, names.LEGACY_FINALIZER)
+                self.kube.remove_finalizer(state.kind, meta, names.LEGACY_FINALIZER)
         self.forget(state.uid)
         self.start_queued()
 
@@ -641,9 +709,15 @@ class Reconciler:
         return self.sweep_listed(managed, *self.list_buildjobs())
 
     def list_buildjobs(self) -> tuple[list[Obj], int]:
-        """Every BuildJob, and a mark that what is observed after it is newer than the list."""
+        """Every BuildJob and DockerEngine (each with its kind: items of a list have none), and
+        a mark that what is observed after it is newer than the list."""
         listed_after = next(self._seen)
-        return self.kube.list(names.KIND), listed_after
+        found = [
+            {**body, "kind": kind}
+            for kind in (names.KIND, names.DOCKER_ENGINE_KIND)
+            for body in self.kube.list(kind)
+        ]
+        return found, listed_after
 
     def sweep_listed(self, managed: list[Obj], found: list[Obj], listed_after: int) -> list[str]:
         """The sweep, from lists already made: the job namespaces (listed first), then the

@@ -10,6 +10,7 @@ from typing import Any
 Status = dict[str, Any]
 
 ENGINE_READY = "EngineReady"
+READY = "Ready"  # a DockerEngine's condition for the same
 COMPLETE = "Complete"
 FAILED = "Failed"
 
@@ -30,12 +31,15 @@ ENGINE_CLASS_NOT_FOUND = "EngineClassNotFound"
 ENGINE_CLASS_REFUSED = "EngineClassRefused"
 FOREIGN_OBJECT = "ForeignObject"
 NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"
+# A DockerEngine's.
+CLIENT_GONE = "ClientGone"
+CLIENT_POD_NOT_FOUND = "ClientPodNotFound"
 
 # Transitions worth an Event besides every failure (a Warning): those that tell what the
 # status alone does not show in `kubectl describe` or to an Event-based alert (why a BuildJob
 # waits, that it ended well). Provisioning and JobRunning are in the status and its conditions'
 # times; each Event is one more write to the API server per BuildJob.
-EVENT_REASONS = frozenset({QUEUED, SUCCEEDED})
+EVENT_REASONS = frozenset({QUEUED, SUCCEEDED, CLIENT_GONE})
 
 
 def now() -> datetime.datetime:
@@ -95,11 +99,13 @@ def transition(
     message: str,
     generation: int | None,
     at: datetime.datetime,
+    ready_type: str = ENGINE_READY,
     **fields: Any,
 ) -> Status:
     """The whole new status for entering (or staying in) `phase`.
 
     The three conditions always tell the same story as the phase, so they are derived from it.
+    ready_type: the engine's condition, EngineReady for a BuildJob, Ready for a DockerEngine.
     """
     status = {
         **current,
@@ -114,7 +120,7 @@ def transition(
     if engine_ready:
         conditions = set_condition(
             conditions,
-            ENGINE_READY,
+            ready_type,
             True,
             ENGINE_READY,
             "the engine answers over mutual TLS",
@@ -122,7 +128,7 @@ def transition(
             at,
         )
     else:
-        conditions = set_condition(conditions, ENGINE_READY, False, reason, message, generation, at)
+        conditions = set_condition(conditions, ready_type, False, reason, message, generation, at)
     conditions = set_condition(
         conditions, COMPLETE, phase == "Succeeded", reason, message, generation, at
     )

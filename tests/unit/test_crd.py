@@ -58,7 +58,7 @@ def test_crd_shape() -> None:
 
 
 def test_engineclass_crd_shape() -> None:
-    doc = crd.build_crd(crd.RESOURCES[1])
+    doc = crd.build_crd(crd.RESOURCES[2])
     spec = doc["spec"]
     assert doc["metadata"]["name"] == "engineclasses.remotedocker.dev"
     assert spec["scope"] == "Cluster"
