@@ -98,14 +98,27 @@ JOB_PACKAGES = (
     "python3",
 )
 # Python packages from PyPI in the job image (for its python3): testcontainers, so tests that
-# start their services with it run against the remote engine unchanged.
-JOB_PYTHON_PACKAGES = ("testcontainers==4.15.0",)
+# start their services with it run against the remote engine unchanged; kubernetes, the API
+# client of `remote-docker` (REMOTE_DOCKER_MODULES), the operator's own version.
+JOB_PYTHON_PACKAGES = ("testcontainers==4.15.0", "kubernetes==37.0.2")
 # The docker CLI plugins those packages install: `docker buildx`, `docker compose`.
 CLI_PLUGINS = (
     "usr/libexec/docker/cli-plugins/docker-buildx",
     "usr/libexec/docker/cli-plugins/docker-compose",
 )
 BUSYBOX_IN_JOB = "images/busybox.tar"  # a docker-archive of the busybox image, in the job image
+# `remote-docker setup` in the job image (a CI runner's image of its own needs the package):
+# the modules engine_cli imports, which need only kubernetes (and its PyYAML, urllib3), beside
+# a launcher on PATH. Only these: a change elsewhere in the operator leaves the job image as is.
+REMOTE_DOCKER_MODULES = ("__init__.py", "names.py", "cli.py", "engine_cli.py")
+REMOTE_DOCKER_DIR = "opt/remote-docker"
+REMOTE_DOCKER_LAUNCHER = (
+    "#!/usr/bin/python3\n"
+    "import sys\n"
+    f'sys.path.insert(0, "/{REMOTE_DOCKER_DIR}")\n'
+    "from remote_docker_operator.engine_cli import main\n"
+    "sys.exit(main())\n"
+)
 # The operator image: Debian's Python (python-is-python3: the chart runs `python`), and the
 # project with its dependencies in OPERATOR_APP_DIR (on PYTHONPATH), a layer of its own.
 OPERATOR_PACKAGES = ("python3", "python-is-python3", "ca-certificates", "libjemalloc2")
@@ -1038,6 +1051,32 @@ def produce_python_packages(
         write_layer(new, out)
 
 
+def remote_docker_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
+    package = root / "operator" / "remote_docker_operator"
+    return {
+        f"{REMOTE_DOCKER_DIR}/remote_docker_operator/{m}": package / m
+        for m in REMOTE_DOCKER_MODULES
+    }
+
+
+def produce_remote_docker(sources: dict[str, Path], out: Path) -> None:
+    """The modules at their image paths (0644) and the launcher, /usr/local/bin/remote-docker."""
+    with work_dir("remote-docker") as work:
+        for name, source in sources.items():
+            dest = work / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, dest)
+            dest.chmod(0o644)
+        launcher = work / "usr/local/bin/remote-docker"
+        launcher.parent.mkdir(parents=True)
+        launcher.write_text(REMOTE_DOCKER_LAUNCHER)
+        launcher.chmod(0o755)
+        for path in work.rglob("*"):
+            if path.is_dir():
+                path.chmod(0o755)
+        write_layer(work, out)
+
+
 def plan_job() -> ImagePlan:
     base = plan_debian_base()
     packages = LayerPlan(
@@ -1068,7 +1107,18 @@ def plan_job() -> ImagePlan:
         f"COPY {busybox.ref} docker-archive /{BUSYBOX_IN_JOB}",
         lambda out: _files_layer({BUSYBOX_IN_JOB: build_image(busybox)}, out),
     )
-    layers = (base, packages, python, images)
+    sources = remote_docker_sources()
+    remote_docker = LayerPlan(
+        input_key(
+            "job-remote-docker",
+            REMOTE_DOCKER_LAUNCHER,
+            {name: sha256_file(path) for name, path in sources.items()},
+            code=(produce_remote_docker, write_layer),
+        ),
+        f"COPY {', '.join(REMOTE_DOCKER_MODULES)} /{REMOTE_DOCKER_DIR}; remote-docker launcher",
+        lambda out: produce_remote_docker(sources, out),
+    )
+    layers = (base, packages, python, images, remote_docker)
     return ImagePlan("job", IMAGES["job"], ImageConfig(cmd=("sh",)), layers)
 
 

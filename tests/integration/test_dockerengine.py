@@ -242,3 +242,41 @@ def test_killed_at_each_step_converges(
     assert kube.pod(ns, "runner").metadata.labels[names.client_label(uid)] == "true"
     owners = kube.get_buildjob(ns, "crash", DE)["metadata"]["ownerReferences"]  # type: ignore[index]
     assert [o["uid"] for o in owners] == [pod.metadata.uid]
+
+
+def test_operator_may_write_a_client_secret_but_no_client_pod(
+    kube: Kube, operator: OperatorProcess, operator_kubeconfig: Path, ns: str
+) -> None:
+    """Component "client" is a DockerEngine's Secret, beside the pod: never a pod of its own."""
+    as_operator = Kube(new_client_from_config(str(operator_kubeconfig)))
+    labels = {
+        names.LABEL_MANAGED_BY: names.APP,
+        names.LABEL_COMPONENT: names.COMPONENT_CLIENT,
+        names.LABEL_OWNER_NAMESPACE: ns,
+        names.LABEL_OWNER_UID: "some-uid",
+        names.LABEL_OWNER_KIND: names.DOCKER_ENGINE_KIND,
+    }
+    meta = {"name": "planted", "labels": labels}
+    as_operator.core.create_namespaced_secret(
+        ns, {"metadata": meta, "stringData": {"a": "b"}}, dry_run="All"
+    )  # admitted: the positive control
+    wait_for(lambda: _has_default_account(kube, ns), what="default ServiceAccount")
+    pod = {
+        "metadata": meta,
+        "spec": {
+            "containers": [
+                {
+                    "name": "c",
+                    "image": "local/job:1",
+                    "securityContext": {"allowPrivilegeEscalation": False},
+                }
+            ]
+        },
+    }
+    with pytest.raises(ApiException) as e:
+        as_operator.core.create_namespaced_pod(ns, pod, dry_run="All")
+    assert e.value.status == 403, e.value.body
+    # The same pod as a job's is admitted: what refused it was its component alone.
+    job_labels = {**labels, names.LABEL_COMPONENT: names.COMPONENT_JOB}
+    job_pod = {**pod, "metadata": {"name": "planted", "labels": job_labels}}
+    as_operator.core.create_namespaced_pod(ns, job_pod, dry_run="All")

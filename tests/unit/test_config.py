@@ -69,14 +69,15 @@ def test_every_log_format_is_a_kopf_format() -> None:
 
 def test_only_config_reads_the_environment() -> None:
     """Settings are read only through Settings: no other module of the operator reads the
-    environment itself."""
+    environment itself. (engine_cli is no part of the operator: `remote-docker` runs in a CI
+    pod, and reads that pod's POD_NAME, POD_NAMESPACE and TMPDIR.)"""
     package = Path(remote_docker_operator.__file__).parent
     readers = {
         path.name
         for path in package.glob("*.py")
         if re.search(r"\bos\.environ\b|\bgetenv\(", path.read_text())
     }
-    assert readers == set()
+    assert readers == {"engine_cli.py"}
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
+import subprocess
 import sys
 import tarfile
 import tomllib
@@ -156,7 +158,7 @@ def test_keys_follow_inputs_and_the_base_layer_is_shared() -> None:
 
     dind, job = build.plan_dind(), build.plan_job()
     assert dind.layers[0].key == job.layers[0].key
-    assert len(job.layers) == 4
+    assert len(job.layers) == 5  # base, packages, python, images, remote-docker
     assert dind.key != job.key
     assert build.plan_busybox().key == build.plan_busybox().key
 
@@ -264,3 +266,26 @@ def test_engine_and_job_images_are_built_from_trixies_docker() -> None:
     assert base.key != bookworm
     assert {"docker-buildx", "docker-compose"} <= set(build.JOB_PACKAGES)
     assert build.IMAGES["dind"].endswith(":26.1")
+
+
+def test_remote_docker_modules_are_all_engine_cli_imports(tmp_path: Path) -> None:
+    """The job image holds only REMOTE_DOCKER_MODULES of the package: engine_cli imports from
+    those alone (a relative import of any other module fails here as it would in the image)."""
+    for name, source in build.remote_docker_sources().items():
+        dest = tmp_path / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, dest)
+    root = tmp_path / build.REMOTE_DOCKER_DIR
+    check = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "import remote_docker_operator.engine_cli as m; "
+        "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
+        "print(sorted(k for k in sys.modules if k.startswith('remote_docker_operator.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", check, str(root)], check=True, capture_output=True, text=True
+    ).stdout
+    loaded = {f"{m.removesuffix('.py')}" for m in build.REMOTE_DOCKER_MODULES} - {"__init__"}
+    assert out.strip() == repr(sorted(f"remote_docker_operator.{m}" for m in loaded))
+    # The launcher runs it the same way.
+    assert f'sys.path.insert(0, "/{build.REMOTE_DOCKER_DIR}")' in build.REMOTE_DOCKER_LAUNCHER

@@ -1,0 +1,335 @@
+"""`remote-docker`: CircleCI's setup_remote_docker as a step in any CI pod.
+
+    eval "$(remote-docker setup)"     a DockerEngine for the pod this runs in: waits until the
+                                      engine is ready, writes the client certificates to a
+                                      directory and prints the `export` lines for the docker CLI
+    remote-docker teardown [NAME]     ends it early (it ends anyway when the pod does)
+
+Run inside a pod whose ServiceAccount may create, get and delete DockerEngines and get Secrets
+in its namespace (README: "From a CI pod"). The pod is found by POD_NAME and POD_NAMESPACE (the
+downward API), else its hostname and its ServiceAccount's namespace. Progress goes to stderr,
+the export lines alone to stdout. Exit codes: 0 ready (or torn down); 1 when it could not be
+(the message says why); 2 for bad arguments.
+"""
+
+import argparse
+import base64
+import os
+import shlex
+import socket
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from . import names
+from .cli import CliError, api_message, progress
+
+Obj = dict[str, Any]
+POLL_SECONDS = 1.0
+SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# The client Secret's keys that are the docker CLI's environment, and those that are files.
+ENV_KEYS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY")
+CERT_FILES = ("ca.pem", "cert.pem", "key.pem")
+# Set by setup: what teardown ends when it is given no name.
+ENGINE_VARIABLE = "REMOTE_DOCKER_ENGINE"
+
+
+# -- pure ---------------------------------------------------------------------------------------
+
+
+def pod_identity(
+    env: Mapping[str, str], sa_namespace: str | None, namespace: str | None = None
+) -> tuple[str, str]:
+    """(namespace, pod) of the pod this runs in; `namespace` given wins."""
+    namespace = namespace or env.get("POD_NAMESPACE") or sa_namespace
+    pod = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
+    if not namespace:
+        raise CliError(
+            "not in a pod: no POD_NAMESPACE and no ServiceAccount namespace file; "
+            "give --namespace and --pod"
+        )
+    return namespace, pod
+
+
+def engine_manifest(
+    namespace: str,
+    pod: str,
+    name: str | None = None,
+    class_name: str | None = None,
+    version: str | None = None,
+    published_ports: Sequence[int] = (),
+    ephemeral_ports: bool = False,
+    deadline_seconds: int | None = None,
+) -> Obj:
+    """The DockerEngine for `pod`: named `name`, else after the pod (a suffix made unique by
+    the API server)."""
+    meta: Obj = {"namespace": namespace}
+    if name:
+        meta["name"] = name
+    else:
+        # A DockerEngine's name is a label value (63 characters), the suffix is 5 of them.
+        meta["generateName"] = pod[:50].rstrip("-.") + "-"
+    engine: Obj = {k: v for k, v in (("className", class_name), ("version", version)) if v}
+    spec: Obj = {"clientPod": {"name": pod}}
+    if engine:
+        spec["engine"] = engine
+    if published_ports or ephemeral_ports:
+        ports: Obj = {"ephemeral": ephemeral_ports} if ephemeral_ports else {}
+        if published_ports:
+            ports["ports"] = sorted(set(published_ports))
+        spec["network"] = {"publishedPorts": ports}
+    if deadline_seconds:
+        spec["activeDeadlineSeconds"] = deadline_seconds
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.DOCKER_ENGINE_KIND,
+        "metadata": meta,
+        "spec": spec,
+    }
+
+
+def client_environment(secret_data: Mapping[str, str], cert_dir: Path, engine: str) -> Obj:
+    """The docker CLI's environment for the engine, its certificates in cert_dir."""
+    missing = [k for k in (*ENV_KEYS, *CERT_FILES) if k not in secret_data]
+    if missing:
+        raise CliError(f"the client Secret lacks {', '.join(missing)}")
+    env = {k: secret_data[k] for k in ENV_KEYS}
+    env["DOCKER_CERT_PATH"] = str(cert_dir)
+    env[ENGINE_VARIABLE] = engine
+    return env
+
+
+def export_lines(env: Mapping[str, str]) -> str:
+    """What `eval` takes: one `export` per variable, quoted for the shell."""
+    return "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+
+
+def env_file_lines(env: Mapping[str, str]) -> str:
+    """KEY=VALUE lines, as GitHub Actions' $GITHUB_ENV and GitLab's dotenv reports read them."""
+    return "".join(f"{k}={v}\n" for k, v in env.items())
+
+
+# -- act ----------------------------------------------------------------------------------------
+
+
+class Engines:
+    """The API calls: DockerEngines and their client Secrets."""
+
+    def __init__(self, api: client.ApiClient) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+
+    def create(self, body: Obj) -> Obj:
+        namespace = body["metadata"]["namespace"]
+        try:
+            return cast(
+                Obj,
+                self.custom.create_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, body
+                ),
+            )
+        except ApiException as e:
+            raise CliError(f"the API server refused the DockerEngine: {api_message(e)}") from e
+
+    def get(self, namespace: str, name: str) -> Obj | None:
+        try:
+            return cast(
+                Obj,
+                self.custom.get_namespaced_custom_object(
+                    names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, name
+                ),
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise CliError(f"reading dockerengine {namespace}/{name}: {api_message(e)}") from e
+
+    def delete(self, namespace: str, name: str) -> bool:
+        try:
+            self.custom.delete_namespaced_custom_object(
+                names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, name
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise CliError(f"deleting dockerengine {namespace}/{name}: {api_message(e)}") from e
+        return True
+
+    def secret(self, namespace: str, name: str) -> dict[str, str]:
+        try:
+            found = self.core.read_namespaced_secret(name, namespace)
+        except ApiException as e:
+            raise CliError(f"reading the client Secret {namespace}/{name}: {api_message(e)}") from e
+        return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+
+
+def write_certs(secret_data: Mapping[str, str], cert_dir: Path) -> None:
+    """ca.pem, cert.pem and key.pem, readable by this user alone."""
+    cert_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for name in CERT_FILES:
+        path = cert_dir / name
+        path.write_text(secret_data[name])
+        path.chmod(0o600)
+
+
+class Setup:
+    def __init__(
+        self,
+        engines: Engines,
+        err: TextIO = sys.stderr,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.engines, self.err, self.sleep, self.clock = engines, err, sleep, clock
+
+    def say(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
+
+    def wait_ready(self, namespace: str, name: str, timeout: float) -> Obj:
+        """Polls the DockerEngine, telling each change, until it runs; CliError if it ends or
+        the time is up."""
+        told, until = "", self.clock() + timeout
+        while True:
+            found = self.engines.get(namespace, name)
+            if found is None:
+                raise CliError(f"dockerengine {namespace}/{name} was deleted while starting")
+            status = found.get("status") or {}
+            line = progress(status)
+            if line != told:
+                self.say(f"dockerengine/{name}: {line}")
+                told = line
+            if status.get("phase") == "Running":
+                return status
+            if status.get("phase") in ("Succeeded", "Failed"):
+                raise CliError(f"dockerengine {namespace}/{name} ended: {line}")
+            if self.clock() >= until:
+                raise CliError(f"dockerengine {namespace}/{name} not ready after {timeout:.0f}s")
+            self.sleep(POLL_SECONDS)
+
+    def setup(self, manifest: Obj, cert_root: Path, timeout: float) -> Obj:
+        """Creates the DockerEngine, waits for it, writes its certificates; the environment."""
+        created = self.engines.create(manifest)
+        meta = created["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        self.say(
+            f"dockerengine.{names.GROUP}/{name} created for pod {namespace}/"
+            f"{manifest['spec']['clientPod']['name']}"
+        )
+        status = self.wait_ready(namespace, name, timeout)
+        data = self.engines.secret(namespace, status["clientSecret"])
+        cert_dir = cert_root / name
+        env = client_environment(data, cert_dir, name)
+        write_certs(data, cert_dir)
+        return env
+
+
+# -- the command line ---------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="remote-docker", description="An isolated remote Docker engine for this pod."
+    )
+    top.add_argument("-n", "--namespace", help="default: POD_NAMESPACE, else the pod's own")
+    commands = top.add_subparsers(dest="command", required=True)
+    setup = commands.add_parser("setup", help="start an engine; print the export lines")
+    setup.add_argument("--pod", help="the client pod (default: POD_NAME, else the hostname)")
+    setup.add_argument("--name", help="the DockerEngine's name (default: after the pod)")
+    setup.add_argument("--class", dest="class_name", help="the EngineClass (default: default)")
+    setup.add_argument("--version", dest="engine_version", help="Docker version, e.g. 27")
+    setup.add_argument(
+        "--publish",
+        type=int,
+        action="append",
+        default=[],
+        metavar="PORT",
+        help="a host port containers publish on the engine that this pod may reach (repeat)",
+    )
+    setup.add_argument(
+        "--publish-ephemeral",
+        action="store_true",
+        help="Docker's ephemeral host ports too (docker run -P, testcontainers)",
+    )
+    setup.add_argument("--deadline", type=int, help="seconds until the engine is stopped")
+    setup.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=Path(os.environ.get("TMPDIR", "/tmp")) / "remote-docker",
+        help="certificates go in DIR/NAME (default: $TMPDIR/remote-docker)",
+    )
+    setup.add_argument("--env-file", type=Path, help="also append KEY=VALUE lines to this file")
+    setup.add_argument("--timeout", type=float, default=600, help="seconds to wait (600)")
+    teardown = commands.add_parser("teardown", help="end an engine early")
+    teardown.add_argument("name", nargs="?", help=f"default: ${ENGINE_VARIABLE}")
+    return top
+
+
+def connect() -> client.ApiClient:
+    """In a pod, its ServiceAccount; elsewhere kubectl's kubeconfig."""
+    try:
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        try:
+            config.load_kube_config()  # type: ignore[no-untyped-call]
+        except (config.ConfigException, OSError) as e:
+            raise CliError(f"neither in a pod nor a usable kubeconfig: {e}") from e
+    return client.ApiClient()
+
+
+def _sa_namespace() -> str | None:
+    try:
+        return SA_NAMESPACE_FILE.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def teardown(engines: Engines, namespace: str, name: str | None) -> None:
+    name = name or os.environ.get(ENGINE_VARIABLE)
+    if not name:
+        raise CliError(f"no DockerEngine named, and ${ENGINE_VARIABLE} is not set")
+    gone = engines.delete(namespace, name)
+    print(f"dockerengine/{name} {'deleted' if gone else 'not found'}", file=sys.stderr)
+
+
+def setup(engines: Engines, args: argparse.Namespace, namespace: str, pod: str) -> Obj:
+    manifest = engine_manifest(
+        namespace,
+        args.pod or pod,
+        args.name,
+        args.class_name,
+        args.engine_version,
+        args.publish,
+        args.publish_ephemeral,
+        args.deadline,
+    )
+    env = Setup(engines).setup(manifest, args.cert_dir, args.timeout)
+    if args.env_file:
+        with args.env_file.open("a") as f:
+            f.write(env_file_lines(env))
+    return env
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
+    args = parser().parse_args(argv)
+    try:
+        engines = Engines(connect())
+        namespace, pod = pod_identity(os.environ, _sa_namespace(), args.namespace)
+        if args.command == "teardown":
+            teardown(engines, namespace, args.name)
+        else:
+            out.write(export_lines(setup(engines, args, namespace, pod)))
+    except CliError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
