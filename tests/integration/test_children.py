@@ -112,7 +112,7 @@ def test_deleted_child_is_recreated(
 
 
 FATAL = [
-    # The TLS pair cannot be reissued under a running engine (reconcile._ensure_tls).
+    # The TLS pair cannot be reissued under a running engine (children.Children.ensure_tls).
     ("Secret", names.ENGINE_TLS_SECRET, {"ChildDeleted"}),
     ("Secret", names.client_secret("bj"), {"ChildDeleted"}),
     ("Pod", names.ENGINE_POD, {"EngineFailed"}),

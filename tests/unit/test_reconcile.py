@@ -376,7 +376,7 @@ def test_the_job_pod_is_looked_for_beside_the_buildjob_and_only_its_own_is_taken
     def owned(labels: dict[str, str]) -> Any:
         rec = Reconciler(cast(Kube, OnePod(labels)), Settings(), lambda *_: None, lambda *_: None)
         state = rec.observe(body("u", "2026-01-01T00:00:01Z"))
-        return rec._pod(state, names.JOB_POD, fresh=True)
+        return rec.children.pod(state, names.JOB_POD, fresh=True)
 
     # Its own: found in the BuildJob's namespace under the BuildJob's name.
     assert owned(_labels("u"))["metadata"]["name"] == "bj-u"
