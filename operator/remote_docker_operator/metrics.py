@@ -22,20 +22,22 @@ PREFIX = "remote_docker_"
 
 BUILDJOBS_FINISHED = Counter(
     PREFIX + "buildjobs_finished",
-    "BuildJobs that reached Succeeded or Failed since the operator started, by phase and reason.",
-    ["phase", "reason"],
+    "BuildJobs and DockerEngines (kind) that reached Succeeded or Failed since the operator "
+    "started, by phase and reason.",
+    ["kind", "phase", "reason"],
 )
 ENGINE_READY = Histogram(
     PREFIX + "engine_ready_seconds",
-    "From a BuildJob's creation to its engine answering over mutual TLS (time queued "
-    "included); whole seconds, as Kubernetes timestamps have.",
+    "From a BuildJob's (or DockerEngine's: kind) creation to its engine answering over mutual "
+    "TLS (time queued included); whole seconds, as Kubernetes timestamps have.",
+    ["kind"],
     buckets=(1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 1800),
 )
 JOB_DURATION = Histogram(
     PREFIX + "job_duration_seconds",
-    "From a BuildJob's start (provisioning began) to its end, by final phase; whole seconds. "
-    "BuildJobs refused before they started are not observed.",
-    ["phase"],
+    "From a BuildJob's (or DockerEngine's: kind) start (provisioning began) to its end, by "
+    "final phase; whole seconds. Those refused before they started are not observed.",
+    ["kind", "phase"],
     buckets=(5, 10, 30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 7200, 14400, 86400),
 )
 RECONCILE_ERRORS = Counter(
@@ -61,6 +63,7 @@ class TrackedJob(Protocol):
 
     status: st.Status
     gone: bool
+    kind: str
 
 
 class BuildJobCollector(Collector):
@@ -72,23 +75,24 @@ class BuildJobCollector(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         by_phase = GaugeMetricFamily(
             PREFIX + "buildjobs",
-            "BuildJobs the operator knows, by status phase and reason (one it has not given a "
-            "status yet counts as Pending with no reason).",
-            labels=["phase", "reason"],
+            "BuildJobs and DockerEngines (kind) the operator knows, by status phase and reason "
+            "(one it has not given a status yet counts as Pending with no reason).",
+            labels=["kind", "phase", "reason"],
         )
         queue = GaugeMetricFamily(
             PREFIX + "queue_depth",
-            "BuildJobs waiting to start (Pending, e.g. Queued behind maxRunning or a class's "
-            "maxEnginesPerNamespace).",
+            "BuildJobs and DockerEngines waiting to start (Pending, e.g. Queued behind "
+            "maxRunning or a class's maxEnginesPerNamespace).",
         )
-        tally: Tally[tuple[str, str]] = Tally()
+        tally: Tally[tuple[str, str, str]] = Tally()
         for job in self.jobs():
             # One the operator has not written a status for yet waits like a Pending one.
             if not job.gone:
-                tally[job.status.get("phase") or "Pending", job.status.get("reason") or ""] += 1
-        for (phase, reason), count in sorted(tally.items()):
-            by_phase.add_metric([phase, reason], count)
-        queue.add_metric([], sum(n for (phase, _), n in tally.items() if phase == "Pending"))
+                phase = job.status.get("phase") or "Pending"
+                tally[job.kind, phase, job.status.get("reason") or ""] += 1
+        for labels, count in sorted(tally.items()):
+            by_phase.add_metric(list(labels), count)
+        queue.add_metric([], sum(n for (_, phase, _), n in tally.items() if phase == "Pending"))
         yield by_phase
         yield queue
 
@@ -108,22 +112,24 @@ def serve(port: int) -> None:
         start_http_server(port)
 
 
-def status_written(created: str, before: st.Status, after: st.Status) -> None:
-    """A BuildJob's status went from `before` to `after` (written to the API server). Each
-    moment is observed once: when the phase first becomes Running (the engine is ready), and
-    when completionTime first appears."""
+def status_written(
+    created: str, before: st.Status, after: st.Status, kind: str, ready_type: str
+) -> None:
+    """A BuildJob's (or DockerEngine's: kind) status went from `before` to `after` (written
+    to the API server). Each moment is observed once: when the phase first becomes Running
+    (the engine is ready: condition ready_type), and when completionTime first appears."""
     if after.get("phase") == "Running" and before.get("phase") != "Running":
-        ready = _condition_time(after, st.ENGINE_READY)
+        ready = _condition_time(after, ready_type)
         born = st.parse_time(created)
         if ready and born:
-            ENGINE_READY.observe(_seconds(born, ready))
+            ENGINE_READY.labels(kind).observe(_seconds(born, ready))
     finished = st.parse_time(after.get("completionTime"))
     if finished and not before.get("completionTime"):
         phase = str(after.get("phase"))
-        BUILDJOBS_FINISHED.labels(phase, str(after.get("reason"))).inc()
+        BUILDJOBS_FINISHED.labels(kind, phase, str(after.get("reason"))).inc()
         started = st.parse_time(after.get("startTime"))
         if started:
-            JOB_DURATION.labels(phase).observe(_seconds(started, finished))
+            JOB_DURATION.labels(kind, phase).observe(_seconds(started, finished))
 
 
 def reconcile_error(error: Exception) -> None:

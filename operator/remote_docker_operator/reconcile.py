@@ -385,7 +385,7 @@ class Reconciler:
         if not self.kube.patch_status(state.kind, state.namespace, state.name, patch):
             state.gone = True
             return False
-        metrics.status_written(state.created, state.status, new)
+        metrics.status_written(state.created, state.status, new, state.kind, state.ready_condition)
         state.status = new
         return True
 

@@ -103,20 +103,20 @@ def test_counts_of_a_known_sequence(kube: Kube, metrics_url: str, ns: str, cappe
     buildjobs = "remote_docker_buildjobs"
     finished = "remote_docker_buildjobs_finished_total"
     expected = {
-        key(buildjobs, phase="Running", reason="JobRunning"): 1,
-        key(buildjobs, phase="Pending", reason="Queued"): 1,
-        key(buildjobs, phase="Succeeded", reason="Succeeded"): 1,
-        key(buildjobs, phase="Failed", reason="JobFailed"): 1,
-        key(buildjobs, phase="Failed", reason="EngineClassNotFound"): 1,
+        key(buildjobs, kind="BuildJob", phase="Running", reason="JobRunning"): 1,
+        key(buildjobs, kind="BuildJob", phase="Pending", reason="Queued"): 1,
+        key(buildjobs, kind="BuildJob", phase="Succeeded", reason="Succeeded"): 1,
+        key(buildjobs, kind="BuildJob", phase="Failed", reason="JobFailed"): 1,
+        key(buildjobs, kind="BuildJob", phase="Failed", reason="EngineClassNotFound"): 1,
         key("remote_docker_queue_depth"): 1,
-        key(finished, phase="Succeeded", reason="Succeeded"): 1,
-        key(finished, phase="Failed", reason="JobFailed"): 1,
-        key(finished, phase="Failed", reason="EngineClassNotFound"): 1,
+        key(finished, kind="BuildJob", phase="Succeeded", reason="Succeeded"): 1,
+        key(finished, kind="BuildJob", phase="Failed", reason="JobFailed"): 1,
+        key(finished, kind="BuildJob", phase="Failed", reason="EngineClassNotFound"): 1,
         # runs, ok and bad had an engine; nope never started.
-        key("remote_docker_engine_ready_seconds_count"): 3,
-        key("remote_docker_engine_ready_seconds_bucket", le="+Inf"): 3,
-        key("remote_docker_job_duration_seconds_count", phase="Succeeded"): 1,
-        key("remote_docker_job_duration_seconds_count", phase="Failed"): 1,
+        key("remote_docker_engine_ready_seconds_count", kind="BuildJob"): 3,
+        key("remote_docker_engine_ready_seconds_bucket", kind="BuildJob", le="+Inf"): 3,
+        key("remote_docker_job_duration_seconds_count", kind="BuildJob", phase="Succeeded"): 1,
+        key("remote_docker_job_duration_seconds_count", kind="BuildJob", phase="Failed"): 1,
         key(
             "remote_docker_reconcile_errors_total", reason="EngineClassNotFound", outcome="failed"
         ): 1,
@@ -132,10 +132,10 @@ def test_counts_of_a_known_sequence(kube: Kube, metrics_url: str, ns: str, cappe
     kube.wait_phase(ns, "waits", "Running")
     again = {
         **expected,
-        key(buildjobs, phase="Pending", reason="Queued"): 0,
+        key(buildjobs, kind="BuildJob", phase="Pending", reason="Queued"): 0,
         key("remote_docker_queue_depth"): 0,
-        key("remote_docker_engine_ready_seconds_count"): 4,
-        key("remote_docker_engine_ready_seconds_bucket", le="+Inf"): 4,
+        key("remote_docker_engine_ready_seconds_count", kind="BuildJob"): 4,
+        key("remote_docker_engine_ready_seconds_bucket", kind="BuildJob", le="+Inf"): 4,
     }
     # Finishes still counted once, however many resyncs (1 s apart) passed over them since.
     wait_moved(metrics_url, before, again)

@@ -11,7 +11,7 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from remote_docker_operator import metrics
+from remote_docker_operator import metrics, names
 from remote_docker_operator import status as st
 from remote_docker_operator.errors import ClassNotFound
 from remote_docker_operator.kube import Kube
@@ -74,13 +74,24 @@ def test_collector_counts_by_phase_and_reason() -> None:
     rec.observe(body("f", CREATED, "Failed")).status["reason"] = "EngineClassNotFound"
     rec.observe(body("g", CREATED, "Succeeded")).status["reason"] = "Succeeded"
     rec.observe(body("h", CREATED, "Succeeded")).gone = True  # deleted: not counted
+    engine = {**body("i", CREATED, "Running"), "kind": names.DOCKER_ENGINE_KIND}
+    rec.observe(engine).status["reason"] = "EngineReady"
+
+    def bj(phase: str, reason: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+        labels = (("kind", "BuildJob"), ("phase", phase), ("reason", reason))
+        return "remote_docker_buildjobs", labels
+
     assert tracked.scrape() == {
-        ("remote_docker_buildjobs", (("phase", "Pending"), ("reason", ""))): 1,
-        ("remote_docker_buildjobs", (("phase", "Pending"), ("reason", "Queued"))): 2,
-        ("remote_docker_buildjobs", (("phase", "Running"), ("reason", "JobRunning"))): 1,
-        ("remote_docker_buildjobs", (("phase", "Failed"), ("reason", "JobFailed"))): 1,
-        ("remote_docker_buildjobs", (("phase", "Failed"), ("reason", "EngineClassNotFound"))): 1,
-        ("remote_docker_buildjobs", (("phase", "Succeeded"), ("reason", "Succeeded"))): 1,
+        bj("Pending", ""): 1,
+        bj("Pending", "Queued"): 2,
+        bj("Running", "JobRunning"): 1,
+        bj("Failed", "JobFailed"): 1,
+        bj("Failed", "EngineClassNotFound"): 1,
+        bj("Succeeded", "Succeeded"): 1,
+        (
+            "remote_docker_buildjobs",
+            (("kind", "DockerEngine"), ("phase", "Running"), ("reason", "EngineReady")),
+        ): 1,
         ("remote_docker_queue_depth", ()): 3,
     }
     rec.forget("b")
@@ -95,15 +106,15 @@ def test_collector_with_nothing_tracked_exposes_zero_depth() -> None:
 
 
 def written(before: st.Status, after: st.Status) -> None:
-    metrics.status_written(CREATED, before, after)
+    metrics.status_written(CREATED, before, after, names.KIND, st.ENGINE_READY)
 
 
 def test_engine_ready_is_observed_once_from_creation() -> None:
     count, total = (
-        value("remote_docker_engine_ready_seconds_count"),
-        value("remote_docker_engine_ready_seconds_sum"),
+        value("remote_docker_engine_ready_seconds_count", kind="BuildJob"),
+        value("remote_docker_engine_ready_seconds_sum", kind="BuildJob"),
     )
-    le5 = value("remote_docker_engine_ready_seconds_bucket", le="5.0")
+    le5 = value("remote_docker_engine_ready_seconds_bucket", kind="BuildJob", le="5.0")
     pending = move({}, "Pending", st.QUEUED, 1)
     provisioning = move(pending, "Provisioning", st.PROVISIONING, 3, startTime=st.timestamp(at(3)))
     running = move(provisioning, "Running", st.JOB_RUNNING, 7)
@@ -112,18 +123,36 @@ def test_engine_ready_is_observed_once_from_creation() -> None:
     # Staying Running (a new message) and finishing observe no second readiness.
     written(running, move(running, "Running", st.JOB_RUNNING, 9))
     written(running, move(running, "Succeeded", st.SUCCEEDED, 20))
-    assert value("remote_docker_engine_ready_seconds_count") == count + 1
-    assert value("remote_docker_engine_ready_seconds_sum") == total + 7
-    assert value("remote_docker_engine_ready_seconds_bucket", le="5.0") == le5
+    assert value("remote_docker_engine_ready_seconds_count", kind="BuildJob") == count + 1
+    assert value("remote_docker_engine_ready_seconds_sum", kind="BuildJob") == total + 7
+    assert value("remote_docker_engine_ready_seconds_bucket", kind="BuildJob", le="5.0") == le5
+
+
+def test_a_dockerengines_readiness_is_its_ready_condition() -> None:
+    def count() -> float:
+        return value("remote_docker_engine_ready_seconds_count", kind=names.DOCKER_ENGINE_KIND)
+
+    before = count()
+    start = {"startTime": st.timestamp(at(1))}
+    provisioning = st.transition(start, "Provisioning", st.PROVISIONING, "m", 1, at(1), st.READY)
+    running = st.transition(provisioning, "Running", st.ENGINE_READY, "m", 1, at(4), st.READY)
+    assert {c["type"] for c in running["conditions"]} == {st.READY, st.COMPLETE, st.FAILED}
+    metrics.status_written(CREATED, provisioning, running, names.DOCKER_ENGINE_KIND, st.READY)
+    assert count() == before + 1
 
 
 def test_finish_counts_and_observes_the_duration_once() -> None:
     def snapshot() -> tuple[float, ...]:
         return (
-            value("remote_docker_buildjobs_finished_total", phase="Failed", reason="JobFailed"),
-            value("remote_docker_job_duration_seconds_count", phase="Failed"),
-            value("remote_docker_job_duration_seconds_sum", phase="Failed"),
-            value("remote_docker_job_duration_seconds_count", phase="Succeeded"),
+            value(
+                "remote_docker_buildjobs_finished_total",
+                kind="BuildJob",
+                phase="Failed",
+                reason="JobFailed",
+            ),
+            value("remote_docker_job_duration_seconds_count", kind="BuildJob", phase="Failed"),
+            value("remote_docker_job_duration_seconds_sum", kind="BuildJob", phase="Failed"),
+            value("remote_docker_job_duration_seconds_count", kind="BuildJob", phase="Succeeded"),
         )
 
     before = snapshot()
@@ -136,12 +165,15 @@ def test_finish_counts_and_observes_the_duration_once() -> None:
 
 
 def test_refused_before_start_counts_without_a_duration() -> None:
-    labels = {"phase": "Failed", "reason": st.ENGINE_CLASS_NOT_FOUND}
+    labels = {"kind": "BuildJob", "phase": "Failed", "reason": st.ENGINE_CLASS_NOT_FOUND}
     finished = value("remote_docker_buildjobs_finished_total", **labels)
-    durations = value("remote_docker_job_duration_seconds_count", phase="Failed")
+    durations = value("remote_docker_job_duration_seconds_count", kind="BuildJob", phase="Failed")
     written({}, move({}, "Failed", st.ENGINE_CLASS_NOT_FOUND, 1))
     assert value("remote_docker_buildjobs_finished_total", **labels) == finished + 1
-    assert value("remote_docker_job_duration_seconds_count", phase="Failed") == durations
+    assert (
+        value("remote_docker_job_duration_seconds_count", kind="BuildJob", phase="Failed")
+        == durations
+    )
 
 
 # -- errors and API requests ----------------------------------------------------------------
