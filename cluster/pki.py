@@ -59,6 +59,10 @@ class PKI:
                 x509.KeyUsage(False, False, False, False, False, True, True, False, False),
                 critical=True,
             )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self.ca_key.public_key()),
+                critical=False,
+            )
             .sign(self.ca_key, hashes.SHA256())
         )
         _write_key(ca_key_path, self.ca_key)
@@ -94,6 +98,18 @@ class PKI:
             .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
+            # As kubeadm's (Go's x509) certificates have them: Python 3.13's default TLS
+            # context (VERIFY_X509_STRICT), as in a job image's `remote-docker`, refuses a
+            # certificate without its issuer's key identifier.
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                    self.ca_key.public_key()  # type: ignore[arg-type]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+            )
         )
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]

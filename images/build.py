@@ -112,6 +112,7 @@ BUSYBOX_IN_JOB = "images/busybox.tar"  # a docker-archive of the busybox image, 
 # a launcher on PATH. Only these: a change elsewhere in the operator leaves the job image as is.
 REMOTE_DOCKER_MODULES = ("__init__.py", "names.py", "cli.py", "engine_cli.py")
 REMOTE_DOCKER_DIR = "opt/remote-docker"
+REMOTE_DOCKER_BIN = "usr/local/bin/remote-docker"
 REMOTE_DOCKER_LAUNCHER = (
     "#!/usr/bin/python3\n"
     "import sys\n"
@@ -889,14 +890,20 @@ def plan_debian_base() -> LayerPlan:
 # --- the images ----------------------------------------------------------------------------
 
 
-def _files_layer(files: dict[str, Path], out: Path) -> None:
-    """A layer holding the given host files at the given image paths (mode 0644, root-owned)."""
+def _files_layer(files: dict[str, Path], out: Path, scripts: dict[str, str] | None = None) -> None:
+    """A layer holding the given host files at the given image paths (mode 0644), and scripts
+    (image path -> text, mode 0755); root-owned."""
     with work_dir("files") as work:
         for name, source in files.items():
             dest = work / name
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, dest)
             dest.chmod(0o644)
+        for name, text in (scripts or {}).items():
+            dest = work / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_text(text)
+            dest.chmod(0o755)
         for path in work.rglob("*"):
             if path.is_dir():
                 path.chmod(0o755)
@@ -1059,24 +1066,6 @@ def remote_docker_sources(root: Path = REPO_ROOT) -> dict[str, Path]:
     }
 
 
-def produce_remote_docker(sources: dict[str, Path], out: Path) -> None:
-    """The modules at their image paths (0644) and the launcher, /usr/local/bin/remote-docker."""
-    with work_dir("remote-docker") as work:
-        for name, source in sources.items():
-            dest = work / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest)
-            dest.chmod(0o644)
-        launcher = work / "usr/local/bin/remote-docker"
-        launcher.parent.mkdir(parents=True)
-        launcher.write_text(REMOTE_DOCKER_LAUNCHER)
-        launcher.chmod(0o755)
-        for path in work.rglob("*"):
-            if path.is_dir():
-                path.chmod(0o755)
-        write_layer(work, out)
-
-
 def plan_job() -> ImagePlan:
     base = plan_debian_base()
     packages = LayerPlan(
@@ -1113,10 +1102,10 @@ def plan_job() -> ImagePlan:
             "job-remote-docker",
             REMOTE_DOCKER_LAUNCHER,
             {name: sha256_file(path) for name, path in sources.items()},
-            code=(produce_remote_docker, write_layer),
+            code=(_files_layer, write_layer),
         ),
         f"COPY {', '.join(REMOTE_DOCKER_MODULES)} /{REMOTE_DOCKER_DIR}; remote-docker launcher",
-        lambda out: produce_remote_docker(sources, out),
+        lambda out: _files_layer(sources, out, {REMOTE_DOCKER_BIN: REMOTE_DOCKER_LAUNCHER}),
     )
     layers = (base, packages, python, images, remote_docker)
     return ImagePlan("job", IMAGES["job"], ImageConfig(cmd=("sh",)), layers)

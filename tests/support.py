@@ -248,6 +248,17 @@ class Kube:
                 return None
             raise
 
+    def has_default_account(self, namespace: str) -> bool:
+        """Whether the namespace's "default" ServiceAccount exists yet: it appears a moment
+        after the namespace, and pods wait for it."""
+        try:
+            self.core.read_namespaced_service_account("default", namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     def namespace_exists(self, name: str) -> bool:
         try:
             self.core.read_namespace(name)

@@ -182,6 +182,18 @@ def provision(k: Known) -> list[Action]:
         actions.append(CreatePod(names.JOB_POD))
     elif (unreachable := job_gave_up(k.job)) is not None:
         return [*actions, unreachable]
+    running = SetStatus(
+        "Running",
+        st.JOB_RUNNING,
+        f"engine ready; job pod {k.namespace}/{k.job_pod} started",
+        {"jobPod": k.job_pod},
+    )
+    return _once_engine_ready(k, actions, running)
+
+
+def _once_engine_ready(k: Known, actions: list[Action], running: SetStatus) -> list[Action]:
+    """actions, then what the engine's state adds: its failure, nothing while it starts, or
+    (ready) the quota and `running`."""
     if k.engine is None:
         return actions
     if (failed := engine_failure(k.engine)) is not None:
@@ -190,16 +202,7 @@ def provision(k: Known) -> list[Action]:
         return actions
     # Last, once both pods exist: until the quota controller has counted a new quota, the
     # API server refuses every create in its namespace ("status unknown for quota").
-    return [
-        *actions,
-        MakeQuota(),
-        SetStatus(
-            "Running",
-            st.JOB_RUNNING,
-            f"engine ready; job pod {k.namespace}/{k.job_pod} started",
-            {"jobPod": k.job_pod},
-        ),
-    ]
+    return [*actions, MakeQuota(), running]
 
 
 def provision_for_client(k: Known) -> list[Action]:
@@ -225,21 +228,10 @@ def provision_for_client(k: Known) -> list[Action]:
         return [*actions, gone, Finish()]
     if not k.client_bound:
         actions.append(BindClient())
-    if k.engine is None:
-        return actions
-    if (failed := engine_failure(k.engine)) is not None:
-        return [*actions, failed]
-    if not pods.is_ready(k.engine):
-        return actions
-    return [
-        *actions,
-        MakeQuota(),
-        SetStatus(
-            "Running",
-            st.ENGINE_READY,
-            f"engine ready for pod {k.namespace}/{k.job_pod}",
-        ),
-    ]
+    running = SetStatus(
+        "Running", st.ENGINE_READY, f"engine ready for pod {k.namespace}/{k.job_pod}"
+    )
+    return _once_engine_ready(k, actions, running)
 
 
 def follow_client(k: Known) -> list[Action]:

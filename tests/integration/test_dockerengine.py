@@ -26,7 +26,7 @@ def runner(kube: Kube, ns: str, name: str = "runner", exit_code: int | None = No
     """A pod standing in for a CI runner: it runs until deleted (exit_code: ends with it)."""
     env = [] if exit_code is None else [{"name": "KWOK_EXIT_CODE", "value": str(exit_code)}]
     # A new namespace's "default" ServiceAccount appears a moment after it; pods wait for it.
-    wait_for(lambda: _has_default_account(kube, ns), what="default ServiceAccount")
+    wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
     return kube.core.create_namespaced_pod(
         ns,
         {
@@ -37,16 +37,6 @@ def runner(kube: Kube, ns: str, name: str = "runner", exit_code: int | None = No
             },
         },
     )
-
-
-def _has_default_account(kube: Kube, ns: str) -> bool:
-    try:
-        kube.core.read_namespaced_service_account("default", ns)
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
-    return True
 
 
 def engine_for(client: str, **extra: Any) -> dict[str, Any]:
@@ -260,7 +250,7 @@ def test_operator_may_write_a_client_secret_but_no_client_pod(
     as_operator.core.create_namespaced_secret(
         ns, {"metadata": meta, "stringData": {"a": "b"}}, dry_run="All"
     )  # admitted: the positive control
-    wait_for(lambda: _has_default_account(kube, ns), what="default ServiceAccount")
+    wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
     pod = {
         "metadata": meta,
         "spec": {

@@ -77,22 +77,12 @@ def pss_namespaces(kube: Kube) -> Iterator[dict[str, str]]:
         kube.core.create_namespace(body)
     for name in made.values():  # the ServiceAccount admission plugin needs "default"
         wait_for(
-            functools.partial(_has_default_sa, kube, name),
+            functools.partial(kube.has_default_account, name),
             what=f"default ServiceAccount in {name}",
         )
     yield made
     for name in made.values():
         kube.core.delete_namespace(name)
-
-
-def _has_default_sa(kube: Kube, ns: str) -> bool:
-    try:
-        kube.core.read_namespaced_service_account("default", ns)
-    except ApiException as e:
-        if e.status == 404:
-            return False
-        raise
-    return True
 
 
 def _dry_run(kube: Kube, ns: str, pod: dict[str, Any]) -> list[str]:
@@ -236,7 +226,7 @@ def chart_role(cluster: Any, kube: Kube) -> Iterator[tuple[dict[str, Any], str]]
     role_name = role["metadata"]["name"]
     ns = f"rbac-{release}"
     kube.create_namespace(ns)
-    wait_for(lambda: _has_default_sa(kube, ns), what="default ServiceAccount")
+    wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
     extra = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "op", "namespace": ns}},
         {
