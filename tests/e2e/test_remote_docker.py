@@ -17,6 +17,7 @@ from remote_docker_operator import names
 from ..support import Kube, OperatorProcess, wait_for
 from .conftest import JOB_IMAGE
 from .test_e2e import COMPOSE, MULTI_STAGE, checks
+from .test_published_ports import PUBLISH
 
 pytestmark = pytest.mark.e2e
 
@@ -129,7 +130,10 @@ def test_setup_builds_runs_composes_and_tears_down(
         + MULTI_STAGE
         + COMPOSE
         + "remote-docker teardown\n"
-        + "docker version >/dev/null 2>&1 && echo CHECK after=open || echo CHECK after=closed\n"
+        # The engine stops as its namespace goes: within its grace period, not at once.
+        + "after=open; for i in $(seq 60); do\n"
+        + "  docker version >/dev/null 2>&1 || { after=closed; break; }; sleep 1; done\n"
+        + 'echo "CHECK after=$after"\n'
     )
     runner_pod(kube, ns, "runner", script)
     phase, log = finished_log(kube, ns, "runner")
@@ -163,7 +167,15 @@ def test_setup_builds_runs_composes_and_tears_down(
 def test_no_other_pod_reaches_the_engine_not_even_with_its_certificates(
     kube: Kube, operator: OperatorProcess, ns: str, runner_account: str
 ) -> None:
-    runner_pod(kube, ns, "runner", SETUP + "docker version\nsleep 600\n")
+    # This time with --env-file, which later steps (here: kubectl exec) read.
+    script = """set -e
+remote-docker setup --timeout 300 --env-file /tmp/engine.env >/dev/null
+set -a; . /tmp/engine.env; set +a
+echo "CHECK engine=$REMOTE_DOCKER_ENGINE"
+docker version
+sleep 600
+"""
+    runner_pod(kube, ns, "runner", script)
     wait_for(
         lambda: [e for e in engines(kube, ns) if (e.get("status") or {}).get("phase") == "Running"],
         timeout=300,
@@ -183,7 +195,11 @@ def test_no_other_pod_reaches_the_engine_not_even_with_its_certificates(
         "runner",
         ns,
         container="runner",
-        command=["bash", "-c", "docker version --format 'CHECK own={{.Server.Os}}'"],
+        command=[
+            "bash",
+            "-c",
+            "set -a; . /tmp/engine.env; docker version --format 'CHECK own={{.Server.Os}}'",
+        ],
         stderr=True,
         stdout=True,
     )
@@ -243,3 +259,33 @@ def test_setup_without_the_grant_fails_clearly(
     assert "error: the API server refused the DockerEngine" in log, log
     assert "forbidden" in log, log
     assert engines(kube, ns) == []
+
+
+@pytest.mark.parametrize(
+    ("flags", "published"),
+    [("--publish 8080 --publish-ephemeral", "open"), ("", "closed")],
+)
+def test_setup_opens_published_ports_when_asked(
+    kube: Kube,
+    operator: OperatorProcess,
+    ns: str,
+    runner_account: str,
+    flags: str,
+    published: str,
+) -> None:
+    """A DockerEngine's publishedPorts, from `remote-docker setup`: the ports containers
+    publish are reached from the runner when opened, refused when not; the engine's own API
+    answers either way (the network works)."""
+    script = SETUP.replace("remote-docker setup", f"remote-docker setup {flags}") + PUBLISH
+    runner_pod(kube, ns, "runner", script)
+    phase, log = finished_log(kube, ns, "runner")
+    assert phase == "Succeeded", log
+    found = checks(log)
+    found.pop("engine")
+    assert found == {
+        "ephemeral-port-given": "yes",
+        "fixed": published,
+        "ephemeral": published,
+        "unlisted": "closed",
+        "engine-api": "open",
+    }, log
