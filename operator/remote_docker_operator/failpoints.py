@@ -13,6 +13,7 @@ STEPS = (
     "tls",
     "engine-pod",
     "job-pod",
+    "quota",
     "finished",
 )
 # A DockerEngine's step instead of "job-pod": its client pod labelled and made its owner.

@@ -106,12 +106,24 @@ class Kube:
         raise AssertionError("unreachable")
 
     def create(self, manifest: Obj) -> Obj | None:
-        """Creates the object; returns it, or None when it already existed (409)."""
+        """Creates the object; returns it, or None when it already existed (409, or a full
+        quota's 403 for a name that exists)."""
         kind, meta = manifest["kind"], manifest["metadata"]
+        namespace = meta.get("namespace")
         try:
-            created = self.request("POST", path(kind, meta.get("namespace")), manifest)
+            created = self.request("POST", path(kind, namespace), manifest)
         except ApiException as e:
             if e.status == 409:
+                return None
+            # A full ResourceQuota refuses a create before the API server looks whether the
+            # name is taken: in a job namespace whose quota is made, every child exists, and
+            # an operator that restarted meets this, not 409, when it makes them again.
+            if (
+                e.status == 403
+                and "exceeded quota" in (e.body or "")
+                and meta.get("name")
+                and self.get(kind, namespace, meta["name"]) is not None
+            ):
                 return None
             raise
         logger.info("Created %s %s", kind.lower(), _ref(meta))

@@ -273,6 +273,7 @@ class Reconciler:
                     raise NotYet(why, delay)
                 case decide.MakeQuota():
                     self.children.ensure(state, builders.build_quota(self._target(state)), False)
+                    failpoints.reached("quota")
                 case decide.Finish():
                     self._finish(state)
                 case decide.StopPods(job_too=job_too):
