@@ -698,6 +698,10 @@ def build_job_pod(t: Target) -> Manifest:
     }
     if request.image_pull_secrets:
         spec["imagePullSecrets"] = [{"name": ref.name} for ref in request.image_pull_secrets]
+    if job.service_account_name:
+        # Its token as the ServiceAccount says (its automountServiceAccountToken).
+        spec["serviceAccountName"] = job.service_account_name
+        del spec["automountServiceAccountToken"]
     return {
         "apiVersion": "v1",
         "kind": "Pod",

@@ -204,10 +204,28 @@ class Children:
         )
         return self.kube.replace(body)
 
-    def check_secrets(self, t: Target) -> None:
-        """The registry credentials the job pod will use, read in the BuildJob's namespace
-        before the pod is made: one missing or of another kind is a refusal that names the
-        field, not a pod stuck waiting for a volume."""
+    def check_references(self, t: Target) -> None:
+        """What the job pod will use of the BuildJob's namespace, read before the pod is made:
+        one missing or not fit is a refusal that names the field, not a pod stuck waiting for a
+        volume (or an account the namespace's owner never opened to BuildJobs)."""
+        account = t.job_spec.job.service_account_name
+        if account:
+            field = "spec.job.serviceAccountName"
+            found = self.kube.get("ServiceAccount", t.namespace, account)
+            if found is None:
+                raise InvalidSpec(f"{field}: ServiceAccount {t.namespace}/{account} not found")
+            annotations = found["metadata"].get("annotations") or {}
+            if annotations.get(names.ANNOTATION_JOB_ACCOUNT) != "true":
+                raise InvalidSpec(
+                    f"{field}: ServiceAccount {t.namespace}/{account} is not open to BuildJobs: "
+                    f"its namespace's owner opens it with the annotation "
+                    f'{names.ANNOTATION_JOB_ACCOUNT}: "true"'
+                )
+        self._check_secrets(t)
+
+    def _check_secrets(self, t: Target) -> None:
+        """The registry credentials the job pod will use: one missing or of another kind is a
+        refusal that names the field."""
         spec = t.job_spec
         wanted: list[tuple[str, str, tuple[str, ...]]] = [
             (f"spec.imagePullSecrets[{i}].name", ref.name, builders.DOCKER_CONFIG_TYPES)

@@ -153,6 +153,14 @@ class JobContainer(ApiModel):
         None, max_length=4096, pattern=r"^/", description="Working directory (absolute path)."
     )
     resources: Resources | None = Field(None, description="Compute resources of the job pod.")
+    service_account_name: ObjectName | None = Field(
+        None,
+        description="A ServiceAccount of this namespace for the job pod (its token mounted as "
+        "the ServiceAccount says). It must carry the annotation "
+        f'{names.ANNOTATION_JOB_ACCOUNT}: "true": whoever may create BuildJobs may not '
+        "otherwise act as every ServiceAccount of the namespace. Unset: the job pod runs with "
+        "no token.",
+    )
 
 
 class EngineSpec(ApiModel):

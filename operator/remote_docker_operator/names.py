@@ -52,6 +52,10 @@ LABEL_OWNER_KIND = f"{GROUP}/owner-kind"
 CLIENT_LABEL_PREFIX = f"client.{GROUP}/"
 # Annotation on both TLS secrets: they belong together only when their CA fingerprints match.
 ANNOTATION_CA_FINGERPRINT = f"{GROUP}/ca-fingerprint"
+# On a ServiceAccount: BuildJobs of its namespace may run their job pod as it
+# (spec.job.serviceAccountName). The namespace's owner opts in per account, as GitLab's runner
+# admin allows overwriting the ServiceAccount.
+ANNOTATION_JOB_ACCOUNT = f"{GROUP}/buildjob-account"
 # A hash of the manifest a child was built from (builders.stamped).
 ANNOTATION_BUILT_FROM = f"{GROUP}/built-from"
 

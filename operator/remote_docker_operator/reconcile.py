@@ -263,7 +263,7 @@ class Reconciler:
                     if role == names.ENGINE_POD:
                         self.children.create_pod(state, role, builders.build_engine_pod(t))
                     else:
-                        self.children.check_secrets(t)
+                        self.children.check_references(t)
                         self.children.create_pod(state, role, builders.build_job_pod(t))
                     failpoints.reached(f"{role}-pod")
                 case decide.BindClient():

@@ -577,3 +577,32 @@ def test_chart_renders_what_the_tests_install() -> None:
     ).stdout
     for binding in POLICY_BINDINGS:
         assert f"name: {binding}\n" in out, binding
+
+
+# -- 7. a ServiceAccount of the namespace for the job ------------------------------------------
+
+
+def test_a_job_runs_as_a_service_account_only_when_its_owner_opened_it(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """Whoever may create BuildJobs may not thereby act as every ServiceAccount of the
+    namespace: the account must carry the annotation its namespace's owner puts on it."""
+    wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": "deployer"}})
+    as_deployer = {**finishing(0), "serviceAccountName": "deployer"}
+    kube.create_buildjob(ns, "closed", {"job": as_deployer})
+    failed = kube.wait_phase(ns, "closed", "Failed")
+    assert failed["reason"] == "InvalidSpec", failed
+    assert failed["message"].startswith(
+        f"spec.job.serviceAccountName: ServiceAccount {ns}/deployer is not open to BuildJobs"
+    ), failed
+    assert kube.pod(ns, "closed") is None
+    kube.create_buildjob(ns, "missing", {"job": {**finishing(0), "serviceAccountName": "nobody"}})
+    failed = kube.wait_phase(ns, "missing", "Failed")
+    assert failed["message"] == f"spec.job.serviceAccountName: ServiceAccount {ns}/nobody not found"
+    # The positive control: opened, the same job runs as it.
+    opened = {"metadata": {"annotations": {names.ANNOTATION_JOB_ACCOUNT: "true"}}}
+    kube.core.patch_namespaced_service_account("deployer", ns, opened)
+    kube.create_buildjob(ns, "opened", {"job": as_deployer})
+    assert kube.wait_phase(ns, "opened", "Succeeded")["reason"] == "Succeeded"
+    assert kube.pod(ns, "opened").spec.service_account_name == "deployer"

@@ -516,3 +516,15 @@ def test_registry_credentials_are_told_apart() -> None:
         is None
     )
     assert builders.registry_key({"type": "Opaque", "data": {".dockerconfigjson": "x"}}) is None
+
+
+def test_a_named_service_account_runs_the_job_with_its_own_token_setting() -> None:
+    job = {"image": "docker:27-cli"}
+    plain = builders.build_job_pod(make_target({"job": job}))["spec"]
+    assert plain["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in plain
+    named = make_target({"job": {**job, "serviceAccountName": "deployer"}})
+    spec = builders.build_job_pod(named)["spec"]
+    assert spec["serviceAccountName"] == "deployer"
+    # Unset on the pod: the ServiceAccount's own automountServiceAccountToken decides.
+    assert "automountServiceAccountToken" not in spec

@@ -670,6 +670,7 @@ EXPECTED_OPERATOR_RULES = {
     ("", "pods", frozenset({"get", "list", "watch", "create", "delete", "patch"})),
     ("", "secrets", frozenset({"get", "create", "update", "delete"})),
     ("", "services", frozenset({"get", "create", "update"})),
+    ("", "serviceaccounts", frozenset({"get"})),
     ("networking.k8s.io", "networkpolicies", frozenset({"get", "create", "update", "delete"})),
 }
 
