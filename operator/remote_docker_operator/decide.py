@@ -170,12 +170,18 @@ def start(t: builders.Target, start_time: str) -> SetStatus:
     )
 
 
-def provision(k: Known) -> list[Action]:
+def _engine_side(k: Known) -> list[Action]:
+    """While provisioning: the children (re-read on a drift check) and the engine pod."""
     actions: list[Action] = []
     if not k.children_made or k.drift_check:
         actions.append(MakeChildren(check_first=k.drift_check))
     if k.engine is None:
         actions.append(CreatePod(names.ENGINE_POD))
+    return actions
+
+
+def provision(k: Known) -> list[Action]:
+    actions = _engine_side(k)
     # The job pod starts alongside the engine: its init container holds the job back until
     # the engine answers over mutual TLS, so the two start-ups overlap.
     if k.job is None:
@@ -207,11 +213,7 @@ def _once_engine_ready(k: Known, actions: list[Action], running: SetStatus) -> l
 
 def provision_for_client(k: Known) -> list[Action]:
     """A DockerEngine: the engine, and its client pod labelled and made its owner."""
-    actions: list[Action] = []
-    if not k.children_made or k.drift_check:
-        actions.append(MakeChildren(check_first=k.drift_check))
-    if k.engine is None:
-        actions.append(CreatePod(names.ENGINE_POD))
+    actions = _engine_side(k)
     if k.job is None:
         started = k.started
         if started and k.now >= started + datetime.timedelta(seconds=CLIENT_POD_GRACE_SECONDS):
