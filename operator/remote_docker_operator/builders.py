@@ -50,9 +50,7 @@ class Target:
 
     @property
     def client_secret(self) -> str:
-        if self.kind == names.DOCKER_ENGINE_KIND:
-            return names.engine_client_secret(self.name)
-        return names.client_secret(self.name)
+        return names.client_secret(self.name, self.kind)
 
     @property
     def engine_host(self) -> str:

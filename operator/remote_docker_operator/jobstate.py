@@ -70,9 +70,7 @@ class JobState:
 
     @property
     def client_secret(self) -> str:
-        if self.for_client:
-            return names.engine_client_secret(self.name)
-        return names.client_secret(self.name)
+        return names.client_secret(self.name, self.kind)
 
     @property
     def ready_condition(self) -> str:

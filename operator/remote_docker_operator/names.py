@@ -116,9 +116,13 @@ def job_pod(buildjob: str) -> str:
     return buildjob
 
 
-def client_secret(buildjob: str) -> str:
-    """DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and the client certificate."""
-    return f"{buildjob}-docker"
+def client_secret(owner: str, kind: str = KIND) -> str:
+    """DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and the client certificate: a
+    DockerEngine's named apart from a BuildJob's, as both kinds may share a name in one
+    namespace."""
+    if kind == DOCKER_ENGINE_KIND:
+        return f"{owner}-dockerengine"
+    return f"{owner}-docker"
 
 
 def job_policy(buildjob: str) -> str:
@@ -133,9 +137,3 @@ def client_label(uid: str) -> str:
 def owner_kind(labels: dict[str, str]) -> str:
     """The kind of the owner a child's labels name."""
     return labels.get(LABEL_OWNER_KIND, KIND)
-
-
-def engine_client_secret(docker_engine: str) -> str:
-    """A DockerEngine's client Secret: named apart from a BuildJob's (`NAME-docker`), as both
-    kinds may share a name in one namespace."""
-    return f"{docker_engine}-dockerengine"
