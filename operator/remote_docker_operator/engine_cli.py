@@ -4,6 +4,8 @@
                                       engine is ready, writes the client certificates to a
                                       directory and prints the `export` lines for the docker CLI
     remote-docker teardown [NAME]     ends it early (it ends anyway when the pod does)
+    remote-docker wait                waits until DOCKER_HOST answers over mutual TLS from this
+                                      pod (the admission webhook's init container runs it)
 
 Run inside a pod whose ServiceAccount may create, get and delete DockerEngines and get Secrets
 in its namespace (README: "From a CI pod"). The pod is found by POD_NAME and POD_NAMESPACE (the
@@ -14,11 +16,14 @@ the export lines alone to stdout. Exit codes: 0 ready (or torn down); 1 when it 
 
 import argparse
 import base64
+import http.client
 import os
 import shlex
 import socket
+import ssl
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
@@ -114,6 +119,29 @@ def env_file_lines(env: Mapping[str, str]) -> str:
     return "".join(f"{k}={v}\n" for k, v in env.items())
 
 
+def docker_ping(host: str, cert_dir: Path, timeout: float = 2.0) -> str | None:
+    """None when the engine at DOCKER_HOST `host` answers GET /_ping over mutual TLS with the
+    certificates in cert_dir; otherwise why not."""
+    url = urllib.parse.urlsplit(host)
+    if url.scheme != "tcp" or not url.hostname:
+        return f"DOCKER_HOST {host!r} is not tcp://HOST:PORT"
+    try:
+        context = ssl.create_default_context(cafile=str(cert_dir / "ca.pem"))
+        context.load_cert_chain(cert_dir / "cert.pem", cert_dir / "key.pem")
+        conn = http.client.HTTPSConnection(
+            url.hostname, url.port or names.ENGINE_PORT, context=context, timeout=timeout
+        )
+        try:
+            conn.request("GET", "/_ping")
+            response = conn.getresponse()
+            response.read()
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException) as e:  # ssl.SSLError is an OSError
+        return str(e) or type(e).__name__
+    return None if response.status == 200 else f"HTTP {response.status} from /_ping"
+
+
 # -- act ----------------------------------------------------------------------------------------
 
 
@@ -177,18 +205,40 @@ def write_certs(secret_data: Mapping[str, str], cert_dir: Path) -> None:
         path.chmod(0o600)
 
 
-class Setup:
+class Waiter:
+    """Waits, telling on stderr what it waits for; the clock, sleep and ping are the tests'."""
+
     def __init__(
         self,
-        engines: Engines,
         err: TextIO = sys.stderr,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        ping: Callable[[str, Path], str | None] = docker_ping,
     ) -> None:
-        self.engines, self.err, self.sleep, self.clock = engines, err, sleep, clock
+        self.err, self.sleep, self.clock, self.ping = err, sleep, clock, ping
 
     def say(self, line: str) -> None:
         print(line, file=self.err, flush=True)
+
+    def wait_answers(self, host: str, cert_dir: Path, timeout: float) -> None:
+        """Until the engine answers from this pod: Ready means it answers its own probe, not
+        that this pod's traffic is let through yet (a NetworkPolicy controller programs a
+        pod's new label a moment later) or that its name resolves here."""
+        until, told = self.clock() + timeout, ""
+        while (why := self.ping(host, cert_dir)) is not None:
+            if why != told:
+                self.say(f"waiting for {host}: {why}")
+                told = why
+            if self.clock() >= until:
+                raise CliError(f"{host} did not answer over mutual TLS in {timeout:.0f}s: {why}")
+            self.sleep(POLL_SECONDS)
+        self.say(f"{host} answers over mutual TLS")
+
+
+class Setup(Waiter):
+    def __init__(self, engines: Engines, **waiter: Any) -> None:
+        super().__init__(**waiter)
+        self.engines = engines
 
     def wait_ready(self, namespace: str, name: str, timeout: float) -> Obj:
         """Polls the DockerEngine, telling each change, until it runs; CliError if it ends or
@@ -225,6 +275,7 @@ class Setup:
         cert_dir = cert_root / name
         env = client_environment(data, cert_dir, name)
         write_certs(data, cert_dir)
+        self.wait_answers(env["DOCKER_HOST"], cert_dir, timeout)
         return env
 
 
@@ -264,6 +315,10 @@ def parser() -> argparse.ArgumentParser:
     )
     setup.add_argument("--env-file", type=Path, help="also append KEY=VALUE lines to this file")
     setup.add_argument("--timeout", type=float, default=600, help="seconds to wait (600)")
+    wait = commands.add_parser(
+        "wait", help="wait until $DOCKER_HOST answers over mutual TLS ($DOCKER_CERT_PATH)"
+    )
+    wait.add_argument("--timeout", type=float, default=600, help="seconds to wait (600)")
     teardown = commands.add_parser("teardown", help="end an engine early")
     teardown.add_argument("name", nargs="?", help=f"default: ${ENGINE_VARIABLE}")
     return top
@@ -296,6 +351,13 @@ def teardown(engines: Engines, namespace: str, name: str | None) -> None:
     print(f"dockerengine/{name} {'deleted' if gone else 'not found'}", file=sys.stderr)
 
 
+def wait(env: Mapping[str, str], timeout: float) -> None:
+    host, cert_dir = env.get("DOCKER_HOST"), env.get("DOCKER_CERT_PATH")
+    if not host or not cert_dir:
+        raise CliError("DOCKER_HOST and DOCKER_CERT_PATH must be set")
+    Waiter().wait_answers(host, Path(cert_dir), timeout)
+
+
 def setup(engines: Engines, args: argparse.Namespace, namespace: str, pod: str) -> Obj:
     manifest = engine_manifest(
         namespace,
@@ -317,6 +379,9 @@ def setup(engines: Engines, args: argparse.Namespace, namespace: str, pod: str) 
 def main(argv: Sequence[str] | None = None, out: TextIO = sys.stdout) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command == "wait":
+            wait(os.environ, args.timeout)
+            return 0
         engines = Engines(connect())
         namespace, pod = pod_identity(os.environ, _sa_namespace(), args.namespace)
         if args.command == "teardown":

@@ -1,13 +1,19 @@
 """`remote-docker`: its pure parts as data, and setup against an in-memory API."""
 
+import datetime
+import http.server
 import io
+import socket
+import ssl
 import stat
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from remote_docker_operator import engine_cli, names
+from remote_docker_operator import certs, engine_cli, names
 from remote_docker_operator.cli import CliError
 from remote_docker_operator.engine_cli import Setup
 
@@ -80,11 +86,24 @@ class FakeEngines:
         return dict(SECRET)
 
 
-def setup_with(statuses: list[dict[str, Any]], timeout: float = 600) -> tuple[Setup, io.StringIO]:
+def setup_with(
+    statuses: list[dict[str, Any]], pings: list[str | None] | None = None
+) -> tuple[Setup, io.StringIO]:
+    """`pings`: what each mutual-TLS call from the pod finds (None: the engine answered)."""
     err = io.StringIO()
     ticks = iter(range(10_000))
     engines: Any = FakeEngines(statuses)
-    return Setup(engines, err, sleep=lambda _: None, clock=lambda: float(next(ticks))), err
+    answers = list(pings or [None])
+
+    def ping(host: str, cert_dir: Path) -> str | None:
+        assert host == SECRET["DOCKER_HOST"]
+        assert (cert_dir / "ca.pem").read_text() == "CA"
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    setup = Setup(
+        engines, err=err, sleep=lambda _: None, clock=lambda: float(next(ticks)), ping=ping
+    )
+    return setup, err
 
 
 def test_setup_waits_writes_the_certificates_and_returns_the_environment(tmp_path: Path) -> None:
@@ -106,7 +125,23 @@ def test_setup_waits_writes_the_certificates_and_returns_the_environment(tmp_pat
         "dockerengine/runner-x1: Pending",
         "dockerengine/runner-x1: Provisioning",
         "dockerengine/runner-x1: Running",
+        f"{SECRET['DOCKER_HOST']} answers over mutual TLS",
     ]
+
+
+def test_setup_returns_only_once_the_engine_answers_from_this_pod(tmp_path: Path) -> None:
+    """Running is the engine answering its own probe; this pod's new label may not be let
+    through the engine's NetworkPolicy yet."""
+    running = {"phase": "Running", "clientSecret": "runner-x1-dockerengine"}
+    setup, err = setup_with([running], ["timed out", "timed out", None])
+    setup.setup(engine_cli.engine_manifest("ci", "runner"), tmp_path, 60)
+    assert err.getvalue().splitlines()[-2:] == [
+        f"waiting for {SECRET['DOCKER_HOST']}: timed out",
+        f"{SECRET['DOCKER_HOST']} answers over mutual TLS",
+    ]
+    never, _ = setup_with([running], ["connection refused"])
+    with pytest.raises(CliError, match="did not answer over mutual TLS in 30s: connection refused"):
+        never.setup(engine_cli.engine_manifest("ci", "runner"), tmp_path, 30)
 
 
 def test_setup_fails_with_the_operators_words(tmp_path: Path) -> None:
@@ -128,3 +163,71 @@ def test_a_secret_without_the_client_keys_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(CliError, match=r"lacks key\.pem"):
         engine_cli.client_environment(partial, tmp_path, "e")
     assert engine_cli.client_environment(SECRET, tmp_path, "e")["DOCKER_TLS_VERIFY"] == "1"
+
+
+def _write(bundle: certs.TLSBundle, directory: Path) -> Path:
+    directory.mkdir()
+    for name, pem in (
+        ("ca.pem", bundle.ca_cert),
+        ("cert.pem", bundle.client_cert),
+        ("key.pem", bundle.client_key),
+    ):
+        (directory / name).write_text(pem)
+    return directory
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[tuple[str, certs.TLSBundle]]:
+    """A stand-in for dockerd's TLS port on this machine: mutual TLS, GET /_ping answers OK."""
+    bundle = certs.issue(["localhost"], ["127.0.0.1"], datetime.timedelta(hours=1))
+    (tmp_path / "server.pem").write_text(bundle.server_cert)
+    (tmp_path / "server-key.pem").write_text(bundle.server_key)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "server.pem", tmp_path / "server-key.pem")
+    context.load_verify_locations(cadata=bundle.ca_cert)
+    context.verify_mode = ssl.CERT_REQUIRED
+
+    class Ping(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/_ping" else 404)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *_: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"tcp://localhost:{server.server_address[1]}", bundle
+    server.shutdown()
+    server.server_close()
+
+
+def test_ping_is_a_mutual_tls_call_that_only_the_engines_own_certificates_pass(
+    engine: tuple[str, certs.TLSBundle], tmp_path: Path
+) -> None:
+    host, bundle = engine
+    assert engine_cli.docker_ping(host, _write(bundle, tmp_path / "own")) is None
+    other = certs.issue(["localhost"], [], datetime.timedelta(hours=1))
+    # Another engine's certificates: our CA does not trust that server, nor it our client.
+    refused = engine_cli.docker_ping(host, _write(other, tmp_path / "other"))
+    assert refused is not None
+    assert "certificate" in refused.lower()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()
+    assert engine_cli.docker_ping(f"tcp://127.0.0.1:{port}", tmp_path / "own") is not None
+    assert "not tcp://" in str(engine_cli.docker_ping("unix:///var/run/docker.sock", tmp_path))
+
+
+def test_wait_reads_the_docker_clis_environment(
+    engine: tuple[str, certs.TLSBundle], tmp_path: Path
+) -> None:
+    host, bundle = engine
+    cert_dir = _write(bundle, tmp_path / "own")
+    engine_cli.wait({"DOCKER_HOST": host, "DOCKER_CERT_PATH": str(cert_dir)}, 5)
+    with pytest.raises(CliError, match="DOCKER_HOST and DOCKER_CERT_PATH must be set"):
+        engine_cli.wait({"DOCKER_HOST": host}, 5)
