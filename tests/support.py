@@ -1,8 +1,11 @@
 """Helpers shared by the integration and e2e tiers: the operator process, waiting, BuildJobs."""
 
+import base64
+import datetime
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +17,7 @@ import yaml
 from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
 from kubernetes.client.exceptions import ApiException
 
-from remote_docker_operator import classes, names
+from remote_docker_operator import certs, classes, names, webhook
 from remote_docker_operator.builders import Target
 from remote_docker_operator.config import Settings
 from remote_docker_operator.models import BuildJobSpec, DockerEngineSpec, EngineClassSpec
@@ -127,6 +130,19 @@ class OperatorProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        port = full.get("RDO_WEBHOOK_PORT", "0")
+        if port != "0":
+            # Admission waits on nothing: a pod made before the webhook listens is refused.
+            wait_for(lambda: self._listening(int(port)), what=f"webhook on port {port}")
+
+    def _listening(self, port: int) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, f"exited: see {self.log}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -327,11 +343,57 @@ CHART_TEMPLATES = (
 def render_chart_identity(helm: Path, spec: dict[str, Any]) -> str:
     """The chart's templates above, and the default class "standard" with exactly this spec
     (not the chart's template: Helm would merge the spec into the chart's default values)."""
-    args = [str(helm), "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
-    for template in CHART_TEMPLATES:
-        args += ["--show-only", f"templates/{template}"]
-    rendered = subprocess.run(args, check=True, text=True, capture_output=True).stdout
+    rendered = render_chart(helm, *CHART_TEMPLATES)
     return rendered + "\n---\n" + yaml.safe_dump(engine_class("standard", spec, default=True))
+
+
+def render_chart(helm: Path, *templates: str) -> str:
+    """These templates of the chart, rendered with its default values."""
+    args = [str(helm), "template", RELEASE, str(CHART), "--namespace", RELEASE_NAMESPACE]
+    for template in templates:
+        args += ["--show-only", f"templates/{template}"]
+    return subprocess.run(args, check=True, text=True, capture_output=True).stdout
+
+
+def chart_webhook_configuration(helm: Path) -> dict[str, Any]:
+    """The chart's MutatingWebhookConfiguration, as it renders by default."""
+    rendered = render_chart(helm, "webhook-configuration.yaml")
+    found: dict[str, Any] = next(
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc and doc["kind"] == "MutatingWebhookConfiguration"
+    )
+    return found
+
+
+def register_webhook(
+    cluster: Any, helm: Path, port: int, wait_image: str, pull_policy: str
+) -> dict[str, str]:
+    """The chart's MutatingWebhookConfiguration, pointed at an operator process on this machine
+    (a url instead of the chart's Service), and that process's webhook settings: a serving
+    certificate for 127.0.0.1 and `port`. unregister_webhook removes it."""
+    cert_dir = cluster.dir / "webhook"
+    cert_dir.mkdir(exist_ok=True)
+    bundle = certs.issue(["localhost"], ["127.0.0.1"], datetime.timedelta(days=2))
+    (cert_dir / "tls.crt").write_text(bundle.server_cert)
+    (cert_dir / "tls.key").write_text(bundle.server_key)
+    config = chart_webhook_configuration(helm)
+    config["webhooks"][0]["clientConfig"] = {
+        "url": f"https://127.0.0.1:{port}{webhook.PATH}",
+        "caBundle": base64.b64encode(bundle.ca_cert.encode()).decode(),
+    }
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(config))
+    return {
+        "RDO_WEBHOOK_PORT": str(port),
+        "RDO_WEBHOOK_CERT_DIR": str(cert_dir),
+        "RDO_CLIENT_WAIT_IMAGE": wait_image,
+        "RDO_CLIENT_WAIT_IMAGE_PULL_POLICY": pull_policy,
+    }
+
+
+def unregister_webhook(cluster: Any, helm: Path) -> None:
+    name = chart_webhook_configuration(helm)["metadata"]["name"]
+    cluster.kubectl("delete", "--ignore-not-found", "mutatingwebhookconfiguration", name)
 
 
 def install_chart_identity(

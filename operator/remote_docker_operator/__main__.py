@@ -3,12 +3,13 @@ the leader Lease (leader.py)."""
 
 import asyncio
 import logging
+from pathlib import Path
 
 import kopf
 
-from . import handlers, leader, metrics  # importing handlers registers them
+from . import handlers, leader, metrics, webhook  # importing handlers registers them
 from .config import get_settings
-from .kube import load_config
+from .kube import Kube, load_config
 
 
 def main() -> None:
@@ -27,8 +28,16 @@ def main() -> None:
     metrics.serve(settings.metrics_port)
     liveness = settings.liveness_endpoint or None
     elector = None
-    if settings.leader_election:
+    if settings.leader_election or settings.webhook_port:
         load_config(pool_size=handlers.WORKERS)
+    if settings.webhook_port:
+        # Every replica, the standbys too: admission is stateless, and a pod asking for an
+        # engine must not wait for a new leader.
+        admitter = webhook.Admitter(
+            Kube(), settings.client_wait_image, settings.client_wait_image_pull_policy
+        )
+        webhook.serve(settings.webhook_port, Path(settings.webhook_cert_dir), admitter)
+    if settings.leader_election:
         elector = leader.lead(settings, liveness)
     try:
         asyncio.run(kopf.operator(clusterwide=True, liveness_endpoint=liveness))

@@ -540,12 +540,21 @@ def build_engine_pod(t: Target) -> Manifest:
     }
 
 
-def _client_env(t: Target) -> list[Manifest]:
-    secret = t.client_secret
+def client_env(secret: str) -> list[Manifest]:
+    """The docker CLI's environment, from a client Secret (a job pod's, or a webhook client's)."""
     return [
         {"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
         for key in ("DOCKER_HOST", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH")
     ]
+
+
+def client_cert_volume(secret: str) -> Manifest:
+    """The `secret` volume source with a client Secret's certificates, for names.CERT_DIR."""
+    return {
+        "secretName": secret,
+        "items": [{"key": k, "path": k} for k in ("ca.pem", "cert.pem", "key.pem")],
+        "defaultMode": 0o444,
+    }
 
 
 UNPRIVILEGED: Manifest = {
@@ -622,7 +631,7 @@ def _wait_for_engine(t: Target) -> Manifest:
         "name": names.WAIT_CONTAINER,
         "image": t.engine.image,
         "command": ["sh", "-c", script],
-        "env": _client_env(t),
+        "env": client_env(t.client_secret),
         "volumeMounts": [{"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
         "securityContext": UNPRIVILEGED,
@@ -641,19 +650,12 @@ def build_job_pod(t: Target) -> Manifest:
     # The user's variables first, so spec.job.env[i] is the pod's env[i] in API errors; ours
     # last, so they win over a user's variable of the same name.
     env = [e.model_dump(by_alias=True, exclude_none=True) for e in job.env or []]
-    env += _client_env(t)
+    env += client_env(t.client_secret)
     mounts: list[Manifest] = [
         {"name": "docker-client", "mountPath": names.CERT_DIR, "readOnly": True}
     ]
     volumes: list[Manifest] = [
-        {
-            "name": "docker-client",
-            "secret": {
-                "secretName": t.client_secret,
-                "items": [{"key": k, "path": k} for k in ("ca.pem", "cert.pem", "key.pem")],
-                "defaultMode": 0o444,
-            },
-        }
+        {"name": "docker-client", "secret": client_cert_volume(t.client_secret)}
     ]
     if request.docker_config_secret:
         env.append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR})

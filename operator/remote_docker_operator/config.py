@@ -103,6 +103,36 @@ class Settings(BaseSettings):
             "`metrics.enabled` and `metrics.port`",
         ),
     )
+    webhook_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the admission webhook that gives a pod labelled "
+        "remotedocker.dev/engine its DockerEngine (HTTPS, on all addresses); 0 serves none.",
+        json_schema_extra=chart_derived(
+            "ternary .Values.webhook.port 0 .Values.webhook.enabled | int64 | toString | quote",
+            "`webhook.enabled` and `webhook.port`",
+        ),
+    )
+    webhook_cert_dir: str = Field(
+        "/etc/remote-docker-operator/webhook",
+        description="Directory with the webhook's serving certificate (tls.crt, tls.key).",
+        json_schema_extra=CHART_FIXED,
+    )
+    client_wait_image: str = Field(
+        "",
+        description="Image of the init container the webhook puts first in a client pod: it holds "
+        "the pod's containers back until the engine answers (the chart: the operator's own "
+        "image). Empty: no such container, so a pod's containers may start before its engine.",
+        json_schema_extra=chart_derived(
+            'include "remote-docker-operator.image" . | quote', "the operator's image"
+        ),
+    )
+    client_wait_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        "IfNotPresent",
+        description="Pull policy of that init container's image.",
+        json_schema_extra=chart_derived(".Values.image.pullPolicy | quote", "`image.pullPolicy`"),
+    )
     leader_election: bool = Field(
         True,
         description="Act only while holding the Lease below, so that of several replicas exactly "

@@ -37,6 +37,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
     names.DOCKER_ENGINE_KIND: (f"/apis/{names.API_VERSION}", names.DOCKER_ENGINE_PLURAL),
     names.CLASS_KIND: (f"/apis/{names.API_VERSION}", names.CLASS_PLURAL),
+    # The admission webhook's question: may a pod's ServiceAccount create DockerEngines?
+    "SubjectAccessReview": ("/apis/authorization.k8s.io/v1", "subjectaccessreviews"),
 }
 THROTTLE_RETRIES = 5
 # (connect, read) seconds: a call that hangs must not hold a BuildJob's lock forever.

@@ -50,6 +50,12 @@ LABEL_OWNER_KIND = f"{GROUP}/owner-kind"
 # Put on a DockerEngine's client pod, one per engine (the key ends in the hash of its uid): the
 # engine's NetworkPolicy admits pods with it. A pod may be the client of several engines.
 CLIENT_LABEL_PREFIX = f"client.{GROUP}/"
+# On a pod: "give me an engine" (the admission webhook, webhook.py); its value is the EngineClass,
+# empty for the default one. A label, not an annotation: the webhook's objectSelector sees only
+# labels, so the API server never calls the webhook (nor waits on it) for any other pod.
+LABEL_ENGINE_REQUEST = f"{GROUP}/engine"
+# Put on such a pod by the webhook: the DockerEngine it made for it.
+ANNOTATION_DOCKER_ENGINE = f"{GROUP}/dockerengine"
 # Annotation on both TLS secrets: they belong together only when their CA fingerprints match.
 ANNOTATION_CA_FINGERPRINT = f"{GROUP}/ca-fingerprint"
 # On a ServiceAccount: BuildJobs of its namespace may run their job pod as it
@@ -74,6 +80,9 @@ LIMIT_RANGE = "engine-limits"
 JOB_CONTAINER = "job"
 ENGINE_CONTAINER = "dockerd"
 WAIT_CONTAINER = "wait-for-engine"
+# The webhook's init container in a client pod, and the volume with its client certificates.
+CLIENT_WAIT_CONTAINER = "remote-docker-wait"
+CLIENT_CERT_VOLUME = "remote-docker-client"
 
 ENGINE_PORT = 2376
 ENGINE_PLAIN_PORT = 2375  # dockerd's unauthenticated port: never listened on, never published
@@ -123,6 +132,14 @@ def client_secret(owner: str, kind: str = KIND) -> str:
     if kind == DOCKER_ENGINE_KIND:
         return f"{owner}-dockerengine"
     return f"{owner}-docker"
+
+
+def pod_engine(pod: str) -> str:
+    """The DockerEngine the webhook makes for a pod: named after it, within the 63 characters a
+    DockerEngine's name may have (it is a label value), unique by a hash when cut."""
+    if len(pod) <= 63:
+        return pod
+    return pod[:50].rstrip("-.") + "-" + hashlib.sha256(pod.encode()).hexdigest()[:12]
 
 
 def job_policy(buildjob: str) -> str:

@@ -21,12 +21,14 @@ from ..support import (
     OperatorProcess,
     install_chart_identity,
     operator_for,
+    register_webhook,
     uninstall_chart_identity,
     uninstall_make_up,
+    unregister_webhook,
 )
 
 sys.path.insert(0, str(ROOT / "cluster"))
-from localcluster import BIN, Cluster, Ports
+from localcluster import BIN, Cluster, Ports, free_port
 from node import STAND_IN_DENIED, STAND_IN_INTERNET
 
 OPERATOR_ENV = {"RDO_RESYNC_SECONDS": "2"}
@@ -39,6 +41,7 @@ ENGINE_CLASS = {
     "deniedCidrs": [*DEFAULT_DENIED_CIDRS, f"{STAND_IN_DENIED.rsplit('.', 2)[0]}.0.0/16"],
 }
 JOB_IMAGE = "rdo.local/job:1"
+OPERATOR_IMAGE = "rdo.local/remote-docker-operator:0.1.0"
 HELM = str(BIN / "helm")
 BUSYBOX = "rdo.local/busybox:1.36"
 
@@ -78,8 +81,18 @@ def operator_kubeconfig(cluster: Cluster) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
-    yield from operator_for(cluster, OPERATOR_ENV, operator_kubeconfig)
+def webhook_env(cluster: Cluster) -> Iterator[dict[str, str]]:
+    """The chart's webhook, served by the tests' operator; its init container runs the operator
+    image built here."""
+    yield register_webhook(cluster, BIN / "helm", free_port(), OPERATOR_IMAGE, "Never")
+    unregister_webhook(cluster, BIN / "helm")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, operator_kubeconfig: Path, webhook_env: dict[str, str]
+) -> Iterator[OperatorProcess]:
+    yield from operator_for(cluster, {**OPERATOR_ENV, **webhook_env}, operator_kubeconfig)
 
 
 @pytest.fixture(scope="module")

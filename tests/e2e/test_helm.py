@@ -1,5 +1,6 @@
 """The Helm chart on the real cluster: install with the locally built operator image, helm test,
-a BuildJob, an upgrade whose new setting takes effect, and an uninstall that leaves only the CRDs.
+a BuildJob, a pod given an engine by the chart's webhook, an upgrade whose new setting takes
+effect, and an uninstall that leaves only the CRDs.
 """
 
 import json
@@ -10,13 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes.client import RbacAuthorizationV1Api
 
 from ..support import (
     ROOT,
     Kube,
     OperatorProcess,
     install_chart_identity,
+    register_webhook,
     uninstall_chart_identity,
+    unregister_webhook,
     wait_for,
 )
 from .conftest import BUSYBOX, ENGINE_CLASS, HELM, JOB_IMAGE
@@ -58,11 +62,22 @@ def helm(cluster: Any, operator: OperatorProcess) -> Iterator[Any]:
 
     operator.stop()
     uninstall_chart_identity(cluster, Path(HELM), ENGINE_CLASS)
+    # The session's webhook registration has the chart's name (the chart would refuse to take
+    # it over) and points at the stopped process.
+    unregister_webhook(cluster, Path(HELM))
     try:
         yield helm_
     finally:
         helm_("uninstall", RELEASE, "-n", NAMESPACE, "--wait", check=False)
         install_chart_identity(cluster, Path(HELM), ENGINE_CLASS, cluster.dir / "operator.token")
+        env = operator.base_env
+        register_webhook(
+            cluster,
+            Path(HELM),
+            int(env["RDO_WEBHOOK_PORT"]),
+            env["RDO_CLIENT_WAIT_IMAGE"],
+            env["RDO_CLIENT_WAIT_IMAGE_PULL_POLICY"],
+        )
         operator.start()
 
 
@@ -77,6 +92,7 @@ def chart_objects(cluster: Any) -> dict[str, list[str]]:
         ("engineclasses", False),
         ("validatingadmissionpolicies", False),
         ("validatingadmissionpolicybindings", False),
+        ("mutatingwebhookconfigurations", False),
     ):
         scope = ["-n", NAMESPACE] if namespaced else []
         out = cluster.kubectl(
@@ -129,6 +145,7 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
     first = kube.wait_phase(tenant, "first", "Succeeded", "Failed", timeout=300)
     assert first["phase"] == "Succeeded", first
     assert first["namespace"].startswith("bj-")
+    labelled_pod_gets_an_engine(kube, tenant)
 
     # An upgrade rolls the operator, and the new setting takes effect.
     before = operator_pods(cluster)
@@ -174,12 +191,59 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
         "engineclasses": ["standard"],
         "validatingadmissionpolicies": policies,
         "validatingadmissionpolicybindings": policies,
+        "mutatingwebhookconfigurations": ["rdo-remote-docker-operator-webhook"],
     }
     helm("uninstall", RELEASE, "-n", NAMESPACE, "--wait")
     assert all(not objects for objects in chart_objects(cluster).values())
     for crd in ("buildjobs.remotedocker.dev", "engineclasses.remotedocker.dev"):
         assert cluster.kubectl("get", "crd", crd).returncode == 0
     kube.core.delete_namespace(tenant)
+
+
+def labelled_pod_gets_an_engine(kube: Kube, tenant: str) -> None:
+    """The chart's webhook, as the API server reaches it: through its Service, with the chart's
+    serving certificate, answered by the chart's operator pods with the chart's RBAC."""
+    kube.core.create_namespaced_service_account(tenant, {"metadata": {"name": "runner"}})
+    rbac = RbacAuthorizationV1Api(kube.client)
+    rule = {"apiGroups": ["remotedocker.dev"], "resources": ["dockerengines"], "verbs": ["create"]}
+    rbac.create_namespaced_role(tenant, {"metadata": {"name": "engines"}, "rules": [rule]})
+    rbac.create_namespaced_role_binding(
+        tenant,
+        {
+            "metadata": {"name": "engines"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "engines"},
+            "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": tenant}],
+        },
+    )
+    pod = kube.core.create_namespaced_pod(
+        tenant,
+        {
+            "metadata": {"name": "labelled", "labels": {"remotedocker.dev/engine": ""}},
+            "spec": {
+                "serviceAccountName": "runner",
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "job",
+                        "image": JOB_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["bash", "-c", "docker version --format '{{.Server.Os}}'"],
+                    }
+                ],
+            },
+        },
+    )
+    assert pod.metadata.annotations["remotedocker.dev/dockerengine"] == "labelled"
+    assert pod.spec.init_containers[0].image == "rdo.local/remote-docker-operator:0.1.0"
+    wait_for(
+        lambda: kube.pod(tenant, "labelled").status.phase in ("Succeeded", "Failed"),
+        timeout=300,
+        what="the labelled pod done",
+    )
+    log = kube.core.read_namespaced_pod_log("labelled", tenant)
+    assert kube.pod(tenant, "labelled").status.phase == "Succeeded", log
+    assert log.strip() == "linux"
+    kube.core.delete_namespaced_pod("labelled", tenant)
 
 
 def operator_pods(cluster: Any) -> list[str]:

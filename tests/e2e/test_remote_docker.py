@@ -289,3 +289,58 @@ def test_setup_opens_published_ports_when_asked(
         "unlisted": "closed",
         "engine-api": "open",
     }, log
+
+
+def test_a_labelled_pod_gets_its_engine_with_no_step_at_all(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """The admission webhook: the pod carries one label and runs docker as if the engine were
+    local. Its first init container holds the job back until the engine answers it over mutual
+    TLS (a real kubelet runs it); the engine ends with the pod."""
+    account = "labelled-runner"
+    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": account}})
+    api = RbacAuthorizationV1Api(kube.client)
+    # All the runner's account needs: the webhook makes the engine in its name.
+    api.create_namespaced_role(
+        ns,
+        {
+            "metadata": {"name": account},
+            "rules": [{"apiGroups": [names.GROUP], "resources": [DE], "verbs": ["create"]}],
+        },
+    )
+    api.create_namespaced_role_binding(
+        ns,
+        {
+            "metadata": {"name": account},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
+        },
+    )
+    wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
+    created = kube.core.create_namespaced_pod(
+        ns,
+        {
+            "metadata": {"generateName": "job-", "labels": {names.LABEL_ENGINE_REQUEST: ""}},
+            "spec": {
+                "serviceAccountName": account,
+                "restartPolicy": "Never",
+                "containers": [
+                    {
+                        "name": "job",
+                        "image": JOB_IMAGE,
+                        "imagePullPolicy": "Never",
+                        "command": ["bash", "-c", MULTI_STAGE + COMPOSE],
+                    }
+                ],
+            },
+        },
+    )
+    name = created.metadata.name
+    phase, log = finished_log(kube, ns, name)
+    assert phase == "Succeeded", log
+    assert "built in stage one" in log
+    assert "served-by-web" in log
+    wait_log = kube.core.read_namespaced_pod_log(name, ns, container=names.CLIENT_WAIT_CONTAINER)
+    assert "answers over mutual TLS" in wait_log, wait_log
+    # The pod ended, so its engine did: Succeeded (ClientGone), then gone with the TTL of 0.
+    wait_for(lambda: engines(kube, ns) == [], timeout=120, what="DockerEngine gone")

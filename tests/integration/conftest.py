@@ -19,6 +19,7 @@ from ..support import (
     OperatorProcess,
     install_chart_identity,
     operator_for,
+    register_webhook,
     wait_for,
 )
 
@@ -33,6 +34,8 @@ OPERATOR_ENV = {
     # Its /metrics (test_metrics.py), on a port free when the session starts.
     "RDO_METRICS_PORT": str(free_port()),
 }
+# The image of the init container the webhook gives a client pod (kwok pulls nothing).
+WAIT_IMAGE = "local/remote-docker-operator:test"
 # The default class of the tier: local images (kwok pulls nothing), any version of them.
 ENGINE_CLASS = {
     "image": "local/dind:27",
@@ -88,8 +91,15 @@ def operator_kubeconfig(cluster: Cluster) -> Path:
 
 
 @pytest.fixture(scope="session")
-def operator(cluster: Cluster, operator_kubeconfig: Path) -> Iterator[OperatorProcess]:
-    yield from operator_for(cluster, OPERATOR_ENV, operator_kubeconfig)
+def webhook_env(cluster: Cluster) -> dict[str, str]:
+    return register_webhook(cluster, BIN / "helm", free_port(), WAIT_IMAGE, "IfNotPresent")
+
+
+@pytest.fixture(scope="session")
+def operator(
+    cluster: Cluster, operator_kubeconfig: Path, webhook_env: dict[str, str]
+) -> Iterator[OperatorProcess]:
+    yield from operator_for(cluster, {**OPERATOR_ENV, **webhook_env}, operator_kubeconfig)
 
 
 @pytest.fixture

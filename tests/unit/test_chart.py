@@ -4,6 +4,7 @@ output parsed with PyYAML and checked as data.
 Needs the helm binary that `cluster/build-bins.sh tools` builds under $RDO_CACHE/bin.
 """
 
+import base64
 import importlib.util
 import json
 import os
@@ -18,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography import x509
 from pydantic import Field
 
-from remote_docker_operator import crd, names, settings_chart
+from remote_docker_operator import crd, names, settings_chart, webhook
 from remote_docker_operator.config import Settings
 from remote_docker_operator.models import BuildJob, EngineClassSpec
 
@@ -105,6 +107,11 @@ def one(docs: list[Obj], kind: str, hook: bool = False) -> Obj:
     found = find(docs, kind, hook)
     assert len(found) == 1, f"expected one {kind} (hook={hook}), got {len(found)}"
     return found[0]
+
+
+def metrics_service(docs: list[Obj]) -> Obj:
+    (found,) = [s for s in find(docs, "Service") if s["metadata"]["name"].endswith("-metrics")]
+    return found
 
 
 def container(pod_spec: Obj) -> Obj:
@@ -299,6 +306,9 @@ def test_one_resource_per_template() -> None:
             "templates/policy-operator-guard-binding.yaml",
             "templates/policy-job-namespaces.yaml",
             "templates/policy-job-namespaces-binding.yaml",
+            "templates/webhook-secret.yaml",
+            "templates/webhook-service.yaml",
+            "templates/webhook-configuration.yaml",
             "templates/tests/test-serviceaccount.yaml",
             "templates/tests/test-role.yaml",
             "templates/tests/test-rolebinding.yaml",
@@ -316,7 +326,7 @@ def test_every_object_carries_the_standard_labels(docs: list[Obj]) -> None:
         "app.kubernetes.io/managed-by": "Helm",
         "helm.sh/chart": "remote-docker-operator-0.1.0",
     }
-    assert len(docs) == 21
+    assert len(docs) == 24
     for doc in docs:
         labels = doc["metadata"].get("labels") or {}
         assert expected.items() <= labels.items(), f"{doc['kind']} {doc['metadata']['name']}"
@@ -332,6 +342,7 @@ def test_namespaced_objects_are_in_the_release_namespace(docs: list[Obj]) -> Non
         "EngineClass",
         "ValidatingAdmissionPolicy",
         "ValidatingAdmissionPolicyBinding",
+        "MutatingWebhookConfiguration",
     }
     for doc in docs:
         if doc["kind"] in cluster_scoped:
@@ -417,7 +428,11 @@ def test_deployment_tmp_is_an_empty_dir(docs: list[Obj]) -> None:
     mounts = {m["mountPath"]: m["name"] for m in container(pod)["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]]
-    assert len(volumes) == 1  # nothing else: no hostPath, no ConfigMap
+    # Nothing else but the webhook's serving certificate: no hostPath, no ConfigMap.
+    assert set(volumes) == {"tmp", "webhook-tls"}
+    assert volumes["webhook-tls"]["secret"]["secretName"] == f"{FULLNAME}-webhook"
+    off = one(render("--set", "webhook.enabled=false"), "Deployment")["spec"]["template"]["spec"]
+    assert [v["name"] for v in off["volumes"]] == ["tmp"]
 
 
 def test_liveness_probe_is_kopfs_endpoint(docs: list[Obj]) -> None:
@@ -439,6 +454,11 @@ def test_env_defaults_are_the_operators_defaults(
     # run by hand binds no port unasked (test_metrics_values).
     assert env.pop("RDO_METRICS_PORT") == "8000"
     assert Settings().metrics_port == 0
+    # Likewise the webhook, and the image of the wait it puts in client pods: the chart's own.
+    assert env.pop("RDO_WEBHOOK_PORT") == "9443"
+    assert Settings().webhook_port == 0
+    assert env.pop("RDO_CLIENT_WAIT_IMAGE") == "remote-docker-operator:0.1.0"
+    assert Settings().client_wait_image == ""
     c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
     fields = {
         e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
@@ -447,7 +467,8 @@ def test_env_defaults_are_the_operators_defaults(
     }
     settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields}
     # RDO_FAILPOINT: test-only, not in the chart.
-    assert set(env) | set(fields) | {"RDO_METRICS_PORT"} == settings_vars - {"RDO_FAILPOINT"}
+    popped = {"RDO_METRICS_PORT", "RDO_WEBHOOK_PORT", "RDO_CLIENT_WAIT_IMAGE"}
+    assert set(env) | set(fields) | popped == settings_vars - {"RDO_FAILPOINT"}
     # The Lease: named after the release, in its namespace, held under the pod's name.
     assert fields == {
         "RDO_LEASE_NAMESPACE": "metadata.namespace",
@@ -660,6 +681,9 @@ def rule_set(rules: list[Obj]) -> set[tuple[str, str, frozenset[str]]]:
 EXPECTED_OPERATOR_RULES = {
     (names.GROUP, "buildjobs", frozenset({"get", "list", "watch", "patch"})),
     (names.GROUP, "dockerengines", frozenset({"get", "list", "watch", "patch"})),
+    # The admission webhook's: a labelled pod's DockerEngine, once its account may.
+    (names.GROUP, "dockerengines", frozenset({"create"})),
+    ("authorization.k8s.io", "subjectaccessreviews", frozenset({"create"})),
     (names.GROUP, "engineclasses", frozenset({"get", "list", "watch"})),
     ("", "resourcequotas", frozenset({"get", "create"})),
     ("", "limitranges", frozenset({"get", "create"})),
@@ -846,7 +870,7 @@ def test_metrics_values(clean_env: pytest.MonkeyPatch) -> None:
     assert env_values(c)["RDO_METRICS_PORT"] == "9100"
     clean_env.setenv("RDO_METRICS_PORT", env_values(c)["RDO_METRICS_PORT"])
     assert Settings().metrics_port == 9100
-    service = one(docs, "Service")
+    service = metrics_service(docs)
     assert service["metadata"]["name"] == f"{FULLNAME}-metrics"
     assert service["spec"]["ports"] == [
         {"name": "metrics", "port": 9100, "targetPort": "metrics", "protocol": "TCP"}
@@ -859,8 +883,8 @@ def test_metrics_values(clean_env: pytest.MonkeyPatch) -> None:
     off = render("--set", "metrics.enabled=false", "--set", "metrics.serviceMonitor.enabled=true")
     c = container(one(off, "Deployment")["spec"]["template"]["spec"])
     assert env_values(c)["RDO_METRICS_PORT"] == "0"
-    assert [p["name"] for p in c["ports"]] == ["healthz"]
-    assert not find(off, "Service")
+    assert [p["name"] for p in c["ports"]] == ["healthz", "webhook"]
+    assert not [s for s in find(off, "Service") if s["metadata"]["name"].endswith("-metrics")]
     assert not find(off, "ServiceMonitor")  # nothing to scrape
 
 
@@ -870,7 +894,7 @@ def test_service_monitor() -> None:
         "--set", "metrics.serviceMonitor.labels.release=prom",
         "--set", "metrics.serviceMonitor.interval=15s",
     )  # fmt: skip
-    monitor, service = one(docs, "ServiceMonitor"), one(docs, "Service")
+    monitor, service = one(docs, "ServiceMonitor"), metrics_service(docs)
     assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
     assert monitor["metadata"]["labels"]["release"] == "prom"
     spec = monitor["spec"]
@@ -893,6 +917,75 @@ def test_dashboard_config_map() -> None:
     shipped = cm["data"]["remote-docker-operator.json"]
     source = (CHART / "dashboards" / "remote-docker-operator.json").read_text()
     assert json.loads(shipped) == json.loads(source)
+
+
+# -- admission webhook ---------------------------------------------------------------------------
+
+
+def test_webhook_is_served_by_the_operator_pods_with_a_certificate_for_its_service(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    docs = render("--set", "webhook.port=9555", "--set", "webhook.timeoutSeconds=5")
+    deployment = one(docs, "Deployment")["spec"]["template"]
+    c = container(deployment["spec"])
+    assert {"name": "webhook", "containerPort": 9555, "protocol": "TCP"} in c["ports"]
+    clean_env.setenv("RDO_WEBHOOK_PORT", env_values(c)["RDO_WEBHOOK_PORT"])
+    assert Settings().webhook_port == 9555
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert mounts["webhook-tls"] == Settings().webhook_cert_dir
+    assert env_values(c)["RDO_CLIENT_WAIT_IMAGE"] == c["image"]
+
+    name = f"{FULLNAME}-webhook"
+    (service,) = [s for s in find(docs, "Service") if s["metadata"]["name"] == name]
+    assert service["spec"]["selector"].items() <= deployment["metadata"]["labels"].items()
+    assert service["spec"]["ports"] == [
+        {"name": "webhook", "port": 443, "targetPort": "webhook", "protocol": "TCP"}
+    ]
+    secret = one(docs, "Secret")
+    config = one(docs, "MutatingWebhookConfiguration")
+    (hook,) = config["webhooks"]
+    # One CA in both, though the Secret and the configuration are separate templates.
+    assert hook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    assert hook["clientConfig"]["service"] == {
+        "name": name, "namespace": NAMESPACE, "path": webhook.PATH, "port": 443
+    }  # fmt: skip
+    ca = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["ca.crt"]))
+    cert = x509.load_pem_x509_certificate(base64.b64decode(secret["data"]["tls.crt"]))
+    cert.verify_directly_issued_by(ca)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert f"{name}.{NAMESPACE}.svc" in sans.get_values_for_type(x509.DNSName)
+    # Called for labelled pods only, never in job namespaces; a labelled pod it cannot answer
+    # for is refused; a dry run is answered without the DockerEngine.
+    assert hook["objectSelector"] == {
+        "matchExpressions": [{"key": names.LABEL_ENGINE_REQUEST, "operator": "Exists"}]
+    }
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {"key": names.LABEL_MANAGED_BY, "operator": "NotIn", "values": [names.APP]}
+        ]
+    }
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["CREATE"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert (hook["failurePolicy"], hook["sideEffects"], hook["timeoutSeconds"]) == (
+        "Fail", "NoneOnDryRun", 5
+    )  # fmt: skip
+
+
+def test_webhook_off(clean_env: pytest.MonkeyPatch) -> None:
+    docs = render("--set", "webhook.enabled=false")
+    c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
+    assert env_values(c)["RDO_WEBHOOK_PORT"] == "0"
+    assert "webhook" not in {p["name"] for p in c["ports"]}
+    assert not find(docs, "MutatingWebhookConfiguration")
+    assert not find(docs, "Secret")
+    assert [s["metadata"]["name"] for s in find(docs, "Service")] == [f"{FULLNAME}-metrics"]
 
 
 # -- helm test ----------------------------------------------------------------------------------
@@ -961,7 +1054,7 @@ def test_test_values() -> None:
 
     docs = render("--set", "test.enabled=false")
     assert [d for d in docs if "helm.sh/hook" in (d["metadata"].get("annotations") or {})] == []
-    assert len(docs) == 17
+    assert len(docs) == 20
 
 
 @pytest.mark.parametrize("engine_image", ["", "registry.example/docker:27-dind"])

@@ -78,3 +78,34 @@ Name of the metrics Service and ServiceMonitor (the dashboard ConfigMap adds "-d
 {{- define "remote-docker-operator.metricsName" -}}
 {{- printf "%s-metrics" (include "remote-docker-operator.fullname" . | trunc 45 | trimSuffix "-") }}
 {{- end }}
+
+{{/*
+Name of the admission webhook's Service, serving Secret and MutatingWebhookConfiguration.
+*/}}
+{{- define "remote-docker-operator.webhookName" -}}
+{{- printf "%s-webhook" (include "remote-docker-operator.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The webhook's serving certificate and CA as JSON ({"ca.crt", "tls.crt", "tls.key"}, base64),
+the same for every template that includes it in one render (the Secret and the
+MutatingWebhookConfiguration's caBundle): made once, and kept across upgrades. An upgrade that
+made a new one would leave running replicas serving the old one until the kubelet refreshed
+their mounted Secret, and the API server refusing labelled pods meanwhile. (`helm template`
+cannot look up, so it makes one.)
+*/}}
+{{- define "remote-docker-operator.webhookTLS" -}}
+{{- if not (hasKey . "webhookTLS") }}
+{{- $name := include "remote-docker-operator.webhookName" . }}
+{{- $host := printf "%s.%s.svc" $name .Release.Namespace }}
+{{- $found := lookup "v1" "Secret" .Release.Namespace $name }}
+{{- if and $found $found.data (hasKey $found.data "ca.crt") }}
+{{- $_ := set . "webhookTLS" (pick $found.data "ca.crt" "tls.crt" "tls.key") }}
+{{- else }}
+{{- $ca := genCA (printf "%s-ca" $name) 3650 }}
+{{- $cert := genSignedCert $host nil (list $host (printf "%s.%s" $name .Release.Namespace) $name) 3650 $ca }}
+{{- $_ := set . "webhookTLS" (dict "ca.crt" ($ca.Cert | b64enc) "tls.crt" ($cert.Cert | b64enc) "tls.key" ($cert.Key | b64enc)) }}
+{{- end }}
+{{- end }}
+{{- get . "webhookTLS" | toJson }}
+{{- end }}
