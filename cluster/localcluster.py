@@ -317,6 +317,10 @@ class Cluster:
                 # Loopback may not be an endpoint of the kubernetes Service (kwok tier).
                 f"--endpoint-reconciler-type={'lease' if self.tier == 'real' else 'none'}",
                 "--profiling=false",
+                # Webhooks (and aggregated APIs) reached at their Service's endpoints, the pods
+                # themselves: this machine routes the Service range nowhere (a blackhole), and a
+                # ClusterIP is translated only for packets already routed.
+                "--enable-aggregator-routing=true",
                 "--v=1",
                 *self._kubelet_client_flags(),
                 *self._audit_flags(),

@@ -342,5 +342,13 @@ def test_a_labelled_pod_gets_its_engine_with_no_step_at_all(
     assert "served-by-web" in log
     wait_log = kube.core.read_namespaced_pod_log(name, ns, container=names.CLIENT_WAIT_CONTAINER)
     assert "answers over mutual TLS" in wait_log, wait_log
-    # The pod ended, so its engine did: Succeeded (ClientGone), then gone with the TTL of 0.
-    wait_for(lambda: engines(kube, ns) == [], timeout=120, what="DockerEngine gone")
+    # The pod ended, so its engine did (ClientGone), and its namespace with the TTL of 0; the
+    # DockerEngine stays, with the pod, to be read.
+    [engine] = engines(kube, ns)
+    uid = engine["metadata"]["uid"]
+    wait_for(lambda: engine_namespaces(kube, uid) == [], timeout=120, what="namespace gone")
+    status = kube.wait_phase(ns, name, "Succeeded", plural=DE)
+    assert status["reason"] == "ClientGone", status
+    # The pod goes: so does the DockerEngine (the garbage collector).
+    kube.core.delete_namespaced_pod(name, ns)
+    wait_for(lambda: engines(kube, ns) == [], timeout=120, what="DockerEngine collected")
