@@ -281,8 +281,16 @@ def client_labels(t: Target) -> Manifest:
 def build_network_policies(t: Target) -> list[Manifest]:
     """The engine's namespace: default deny; the engine reached from this BuildJob's job pod
     (or this DockerEngine's client pod) only, on 2376 (and the published ports when opened);
-    DNS and the internet minus the denied CIDRs out of it."""
+    DNS, the internet minus the denied CIDRs and the class's allowed in-cluster pods out of
+    it."""
     internet = {"to": _internet_peers(list(t.engine.denied_cidrs))}
+    allowed = [
+        {
+            "to": [_in_namespace(namespace, dict(labels))],
+            "ports": [{"protocol": "TCP", "port": port} for port in ports],
+        }
+        for namespace, labels, ports in t.engine.allowed_destinations
+    ]
 
     def policy(name: str, spec: Manifest) -> Manifest:
         return _policy(_meta(t, name), spec)
@@ -302,7 +310,7 @@ def build_network_policies(t: Target) -> list[Manifest]:
                         "ports": engine_ports(t),
                     }
                 ],
-                "egress": [_DNS_RULE, internet],
+                "egress": [_DNS_RULE, internet, *allowed],
             },
         ),
     ]

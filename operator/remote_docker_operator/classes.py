@@ -34,6 +34,8 @@ class Engine:
     mtu: int | None
     address_pools: tuple[tuple[str, int], ...]
     denied_cidrs: tuple[str, ...]
+    # (namespace, pod labels, TCP ports): in-cluster pods the engine may reach despite the above
+    allowed_destinations: tuple[tuple[str, tuple[tuple[str, str], ...], tuple[int, ...]], ...]
     probe_targets: tuple[str, ...] | None  # None: the probe is off; (): the API server
     max_per_namespace: int
     placement: Obj  # nodeSelector, tolerations, affinity, runtimeClassName, priorityClassName
@@ -188,6 +190,10 @@ def resolve(
         mtu=engine.mtu or cls.daemon.mtu,
         address_pools=tuple((p.base, p.size) for p in cls.daemon.default_address_pools or []),
         denied_cidrs=tuple(cls.denied_cidrs),
+        allowed_destinations=tuple(
+            (d.namespace, tuple(sorted(d.pod_selector.items())), tuple(sorted(set(d.ports))))
+            for d in cls.allowed_destinations or []
+        ),
         probe_targets=tuple(probe.targets or []) if probe.enabled else None,
         max_per_namespace=cls.max_engines_per_namespace,
         placement={k: v for k, v in placement.items() if v},

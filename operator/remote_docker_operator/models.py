@@ -587,6 +587,21 @@ class NetworkPolicyProbe(ApiModel):
     )
 
 
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class InClusterDestination(ApiModel):
+    namespace: Annotated[
+        str, StringConstraints(min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN)
+    ] = Field(description="The namespace of the pods.")
+    pod_selector: LabelMap = Field(
+        min_length=1, max_length=16, description="Labels the pods carry (matchLabels)."
+    )
+    ports: list[Port] = Field(
+        min_length=1, max_length=16, description="TCP ports of those pods the engines may reach."
+    )
+
+
 class EngineClassSpec(ApiModel):
     image: ImageRef = Field(
         description="The engine image when a BuildJob names neither engine.image nor "
@@ -641,6 +656,13 @@ class EngineClassSpec(ApiModel):
         description="Egress to these ranges is denied to engine and job pods. They must cover the "
         "cluster's pod and service ranges and the metadata addresses, in both IP families. "
         "Unset: every private, shared, link-local and NAT64 range of IPv4 and IPv6.",
+    )
+    allowed_destinations: list[InClusterDestination] | None = Field(
+        None,
+        max_length=16,
+        description="In-cluster pods every engine of the class may reach although deniedCidrs "
+        "covers them: a registry, a registry mirror, a build cache. By pod (reached directly or "
+        "through its Service), never by address; the engines only, not the job pods.",
     )
     network_policy_probe: NetworkPolicyProbe = Field(
         default_factory=NetworkPolicyProbe, description="Check that NetworkPolicy is enforced."

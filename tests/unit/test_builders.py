@@ -4,10 +4,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from remote_docker_operator import builders, certs, names
 from remote_docker_operator.builders import Target
+from remote_docker_operator.models import EngineClassSpec
 
+from ..support import DEFAULT_CLASS_SPEC
 from .conftest import UID, make_target
 
 
@@ -528,3 +531,41 @@ def test_a_named_service_account_runs_the_job_with_its_own_token_setting() -> No
     assert spec["serviceAccountName"] == "deployer"
     # Unset on the pod: the ServiceAccount's own automountServiceAccountToken decides.
     assert "automountServiceAccountToken" not in spec
+
+
+def test_allowed_destinations_open_those_pods_to_the_engine_only() -> None:
+    """A class's in-cluster registry: the engine may reach those pods, by pod (so through their
+    Service too), on those ports; the job pod gains nothing."""
+    registry = {"namespace": "registry", "podSelector": {"app": "registry"}, "ports": [5000, 443]}
+    t = make_target(engine_class={**DEFAULT_CLASS_SPEC, "allowedDestinations": [registry]})
+    engine = by_name(builders.build_network_policies(t))["engine"]["spec"]
+    assert engine["egress"][2:] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "registry"}
+                    },
+                    "podSelector": {"matchLabels": {"app": "registry"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 5000}],
+        }
+    ]
+    assert builders.build_job_policy(t) == builders.build_job_policy(make_target())
+    plain = by_name(builders.build_network_policies(make_target()))["engine"]["spec"]
+    assert plain["egress"] == engine["egress"][:2]  # DNS and the internet, as before
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"namespace": "r", "podSelector": {}, "ports": [5000]},  # every pod of the namespace
+        {"namespace": "r", "podSelector": {"a": "b"}, "ports": []},  # every port
+        {"namespace": "R_1", "podSelector": {"a": "b"}, "ports": [5000]},
+        {"namespace": "r", "podSelector": {"a": "b"}, "ports": [0]},
+    ],
+)
+def test_allowed_destinations_name_pods_and_ports(bad: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        EngineClassSpec.model_validate({**DEFAULT_CLASS_SPEC, "allowedDestinations": [bad]})
