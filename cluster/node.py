@@ -193,6 +193,9 @@ state = "{self.dir / "containerd-state"}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.cni_conf}"
+  # hosts.toml per registry (read at each pull): the e2e tier's own registry, its CA.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{self.registry_hosts}"
 """)
         self.c.start("containerd", ["containerd", "--config", str(config)])
         deadline = time.monotonic() + 30
@@ -200,6 +203,12 @@ state = "{self.dir / "containerd-state"}"
             if time.monotonic() > deadline:
                 raise TimeoutError(f"containerd did not start; see {self.c.logs}/containerd.log")
             time.sleep(0.2)
+
+    @property
+    def registry_hosts(self) -> Path:
+        """containerd's registry host directory: <host:port>/hosts.toml for each registry whose
+        address or certificate authority is not the default."""
+        return self.dir / "certs.d"
 
     def traced_runc(self) -> Path:
         """The traced handler's runc: logs its arguments to traced_runc_log, then is runc."""

@@ -73,6 +73,7 @@ IMAGES: dict[str, str] = {
     "dind": "rdo.local/dind:26.1",
     "job": "rdo.local/job:1",
     "coredns": "rdo.local/coredns:1.14.7",
+    "registry": "rdo.local/registry:3.1.2",
     "operator": f"rdo.local/remote-docker-operator:{project_version()}",
 }
 
@@ -85,6 +86,22 @@ KUBERNETES_VERSION = "v1.34.4"  # pause.c is build/pause/linux/pause.c of this m
 PAUSE_VERSION = "3.10"
 COREDNS_MODULE = "github.com/coredns/coredns"
 COREDNS_VERSION = "v1.14.7"
+# The CNCF distribution registry, for the e2e tier's private-registry path (tests/e2e).
+REGISTRY_MODULE = "github.com/distribution/distribution/v3/cmd/registry"
+REGISTRY_VERSION = "v3.1.2"
+# Its configuration in the image: filesystem storage and the port; a pod adds auth and TLS with
+# REGISTRY_* variables (REGISTRY_AUTH_HTPASSWD_PATH, REGISTRY_HTTP_TLS_CERTIFICATE, ...).
+REGISTRY_CONFIG = """version: 0.1
+log:
+  level: info
+storage:
+  filesystem:
+    rootdirectory: /var/lib/registry
+  delete:
+    enabled: true
+http:
+  addr: :5000
+"""
 BUSYBOX_PACKAGE = "busybox-static"
 # The engine's root filesystem; the job image is this plus JOB_PACKAGES (one shared layer).
 ENGINE_PACKAGES = ("docker.io", "docker-cli", "iptables", "ca-certificates", "procps")
@@ -1111,29 +1128,69 @@ def plan_job() -> ImagePlan:
     return ImagePlan("job", IMAGES["job"], ImageConfig(cmd=("sh",)), layers)
 
 
+def go_install(module: str, version: str, root: Path, work: Path) -> None:
+    """A static binary of module@version from the Go module proxy, into root."""
+    env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false", "GOBIN": str(root)}
+    run(
+        [go_binary(), "install", "-trimpath", "-ldflags=-s -w", f"{module}@{version}"],
+        env=env,
+        cwd=work,
+    )
+
+
 def produce_coredns(out: Path) -> None:
-    go = go_binary()
     with work_dir("coredns") as work:
         root = work / "rootfs"
         root.mkdir()
-        env = {
-            **os.environ,
-            "CGO_ENABLED": "0",
-            "GOFLAGS": "-buildvcs=false",
-            "GOBIN": str(root),
-        }
-        run(
-            [go, "install", "-trimpath", "-ldflags=-s -w", f"{COREDNS_MODULE}@{COREDNS_VERSION}"],
-            env=env,
-            cwd=work,
-        )
+        go_install(COREDNS_MODULE, COREDNS_VERSION, root, work)
         (root / "coredns").chmod(0o755)
         write_layer(root, out)
 
 
+def produce_registry(out: Path) -> None:
+    with work_dir("registry") as work:
+        root = work / "rootfs"
+        (root / "bin").mkdir(parents=True)
+        go_install(REGISTRY_MODULE, REGISTRY_VERSION, root / "bin", work)
+        (root / "bin/registry").chmod(0o755)
+        config = root / "etc/distribution/config.yml"
+        config.parent.mkdir(parents=True)
+        config.write_text(REGISTRY_CONFIG)
+        for directory, mode in (("var/lib/registry", 0o777), ("tmp", 0o1777)):
+            (root / directory).mkdir(parents=True)
+            (root / directory).chmod(mode)
+        write_layer(root, out)
+
+
+def plan_registry() -> ImagePlan:
+    layer = LayerPlan(
+        input_key(
+            "registry",
+            REGISTRY_MODULE,
+            REGISTRY_VERSION,
+            REGISTRY_CONFIG,
+            code=(produce_registry, go_install, write_layer),
+        ),
+        f"CGO_ENABLED=0 go install {REGISTRY_MODULE}@{REGISTRY_VERSION}; its config.yml",
+        produce_registry,
+    )
+    config = ImageConfig(
+        entrypoint=("/bin/registry",),
+        cmd=("serve", "/etc/distribution/config.yml"),
+        exposed_ports=("5000/tcp",),
+        user="65534:65534",
+    )
+    return ImagePlan("registry", IMAGES["registry"], config, (layer,))
+
+
 def plan_coredns() -> ImagePlan:
     layer = LayerPlan(
-        input_key("coredns", COREDNS_MODULE, COREDNS_VERSION, code=(produce_coredns, write_layer)),
+        input_key(
+            "coredns",
+            COREDNS_MODULE,
+            COREDNS_VERSION,
+            code=(produce_coredns, go_install, write_layer),
+        ),
         f"CGO_ENABLED=0 go install {COREDNS_MODULE}@{COREDNS_VERSION}",
         produce_coredns,
     )
@@ -1354,6 +1411,7 @@ PLANS: dict[str, Callable[[], ImagePlan]] = {
     "dind": plan_dind,
     "job": plan_job,
     "coredns": plan_coredns,
+    "registry": plan_registry,
     "operator": plan_operator,
 }
 
@@ -1404,8 +1462,9 @@ def build(names: Sequence[str] = (), jobs: int = 2) -> dict[str, Path]:
             say(f"built in {time.monotonic() - started:.0f}s")
             return out
 
-        # The slowest first (a Go build and a debootstrap), so they overlap.
-        order = sorted(wanted, key=["coredns", "dind", "operator", "job", "pause", "busybox"].index)
+        # The slowest first (the Go builds and a debootstrap), so they overlap.
+        slowest = ["coredns", "dind", "registry", "operator", "job", "pause", "busybox"]
+        order = sorted(wanted, key=slowest.index)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {name: pool.submit(task, name) for name in order}
         errors = [f"{n}: {f.exception()}" for n, f in futures.items() if f.exception()]
