@@ -303,7 +303,15 @@ class Reconciler:
 
     def _resolve(self, state: JobState, spec: EngineRequestSpec) -> Target:
         """The BuildJob with its EngineClass applied, or the refusal that names the field."""
-        class_name, cls = classes.pick(self.classes, spec.engine.class_name)
+        wanted = spec.engine.class_name
+        if wanted is not None and wanted not in self.classes:
+            # Classes are known from their watch, a stream apart from the BuildJobs': a class
+            # applied together with its first BuildJob may not have been seen yet. Asked once
+            # before the BuildJob is refused for it.
+            found = self.kube.get(names.CLASS_KIND, None, wanted)
+            if found is not None:
+                self.classes[wanted] = found
+        class_name, cls = classes.pick(self.classes, wanted)
         labels: dict[str, str] = {}
         if cls.namespace_selector is not None:
             ns = self.kube.get("Namespace", None, state.namespace) or {}

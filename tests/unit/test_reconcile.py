@@ -12,7 +12,7 @@ import urllib3
 
 from remote_docker_operator import handlers, names, pods
 from remote_docker_operator.config import Settings
-from remote_docker_operator.errors import ForeignObject, NotYet
+from remote_docker_operator.errors import ClassNotFound, ForeignObject, NotYet
 from remote_docker_operator.jobstate import parse_spec
 from remote_docker_operator.kube import Kube
 from remote_docker_operator.reconcile import Reconciler
@@ -388,3 +388,40 @@ def test_the_job_pod_is_looked_for_beside_the_buildjob_and_only_its_own_is_taken
         owned({"app": "mine"})
     with pytest.raises(ForeignObject):
         owned(_labels("other-uid", name="another-buildjob"))
+
+
+class ClassesOnRead:
+    """The API as _resolve may see it: only EngineClasses, by name."""
+
+    def __init__(self, found: dict[str, Any]) -> None:
+        self.found = found
+        self.reads: list[str] = []
+
+    def get(self, kind: str, namespace: str | None, name: str) -> Any:
+        assert (kind, namespace) == (names.CLASS_KIND, None)
+        self.reads.append(name)
+        return self.found.get(name)
+
+
+def test_a_class_not_seen_yet_is_read_before_the_buildjob_is_refused() -> None:
+    """A class applied together with its first BuildJob: the class's watch event may come
+    after the BuildJob's."""
+    fresh = {"metadata": {"name": "fresh"}, "spec": {"image": "docker:27-dind"}}
+    kube = ClassesOnRead({"fresh": fresh})
+    rec = Reconciler(cast(Kube, kube), Settings(), lambda *_: None, lambda *_: None)
+    uses = body("1", "t", job={"image": "a"}, engine={"className": "fresh"})
+    spec, _ = parse_spec(uses)
+    assert spec is not None
+    target = rec._resolve(rec.observe(uses), spec)
+    assert target.engine.class_name == "fresh"
+    assert rec.classes["fresh"] == fresh
+    rec._resolve(rec.observe(uses), spec)
+    assert kube.reads == ["fresh"]  # known from then on
+    # One that does not exist is still refused, the field named.
+    missing = body("2", "t", job={"image": "a"}, engine={"className": "gone"})
+    spec, _ = parse_spec(missing)
+    assert spec is not None
+    with pytest.raises(
+        ClassNotFound, match=r"spec\.engine\.className: EngineClass 'gone' does not"
+    ):
+        rec._resolve(rec.observe(missing), spec)
