@@ -20,11 +20,12 @@ from typing import Any
 
 import bcrypt
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 
 from remote_docker_operator import certs, names
 
-from ..support import Kube, OperatorProcess, engine_class, wait_for
+from ..support import ROOT, Kube, OperatorProcess, engine_class, wait_for
 from .conftest import BUSYBOX, ENGINE_CLASS, Cluster
 from .test_e2e import LOAD_BUSYBOX, checks, job, job_log
 
@@ -275,3 +276,22 @@ def test_an_engine_of_a_class_without_the_destination_cannot_reach_the_registry(
     fenced = engine(registries, FENCED_CLASS)
     status, log = build_job(kube, ns, "fenced", job(script, engine=fenced))
     assert checks(log) == {"reached": "no"}, (status, log)
+
+
+def test_the_build_and_push_example(kube: Kube, ns: str, registries: Registries) -> None:
+    """examples/build-and-push.yaml against this registry (its host and this class put in), and
+    the image it pushed run as a job image, pulled by the node."""
+    example = (ROOT / "examples" / "build-and-push.yaml").read_text()
+    body = yaml.safe_load(example.replace("registry.example.com", registries.private))
+    body["spec"]["engine"] = engine(registries)
+    docker_config(kube, ns, "registry-creds", registries.private, registries.password)
+    status, log = build_job(kube, ns, "build-and-push", body["spec"])
+    assert status["phase"] == "Succeeded", (status, log)
+    pushed = {
+        "job": {"image": f"{registries.private}/team/app:1", "imagePullPolicy": "Always"},
+        "engine": engine(registries),
+        "imagePullSecrets": [{"name": "registry-creds"}],
+    }
+    status, log = build_job(kube, ns, "run-pushed", pushed)
+    assert status["phase"] == "Succeeded", (status, log)
+    assert "Hello from a pushed image" in log

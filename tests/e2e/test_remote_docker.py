@@ -14,7 +14,7 @@ from kubernetes.stream import stream
 
 from remote_docker_operator import names
 
-from ..support import Kube, OperatorProcess, wait_for
+from ..support import ROOT, Kube, OperatorProcess, wait_for
 from .conftest import JOB_IMAGE
 from .test_e2e import COMPOSE, MULTI_STAGE, checks
 from .test_published_ports import PUBLISH
@@ -352,3 +352,14 @@ def test_a_labelled_pod_gets_its_engine_with_no_step_at_all(
     # The pod goes: so does the DockerEngine (the garbage collector).
     kube.core.delete_namespaced_pod(name, ns)
     wait_for(lambda: engines(kube, ns) == [], timeout=120, what="DockerEngine collected")
+
+
+def test_the_ci_pod_example_runs_as_applied(
+    cluster: Any, kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """examples/ci-pod.yaml, applied as a user would: its ServiceAccount, grant and labelled pod."""
+    wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
+    cluster.kubectl("apply", "-n", ns, "-f", str(ROOT / "examples" / "ci-pod.yaml"))
+    phase, log = finished_log(kube, ns, "ci-pod")
+    assert phase == "Succeeded", log
+    assert "Hello from a CI pod's own engine" in log
