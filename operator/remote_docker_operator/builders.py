@@ -666,17 +666,29 @@ def build_job_pod(t: Target) -> Manifest:
         {"name": "docker-client", "secret": client_cert_volume(t.client_secret)}
     ]
     if request.docker_config_secret:
+        # The docker CLI writes beside its config.json (buildx keeps its builders there, and
+        # `docker build` is buildx): the directory is the pod's own, the Secret's config.json a
+        # file mounted into it.
         env.append({"name": "DOCKER_CONFIG", "value": DOCKER_CONFIG_DIR})
-        mounts.append({"name": "docker-config", "mountPath": DOCKER_CONFIG_DIR, "readOnly": True})
-        volumes.append(
+        mounts += [
+            {"name": "docker-config-dir", "mountPath": DOCKER_CONFIG_DIR},
+            {
+                "name": "docker-config",
+                "mountPath": f"{DOCKER_CONFIG_DIR}/config.json",
+                "subPath": "config.json",
+                "readOnly": True,
+            },
+        ]
+        volumes += [
+            {"name": "docker-config-dir", "emptyDir": {"sizeLimit": "64Mi"}},
             {
                 "name": "docker-config",
                 "secret": {
                     "secretName": request.docker_config_secret.name,
                     "items": [{"key": ".dockerconfigjson", "path": "config.json"}],
                 },
-            }
-        )
+            },
+        ]
     container: Manifest = {
         "name": names.JOB_CONTAINER,
         "image": job.image,

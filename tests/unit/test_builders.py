@@ -274,6 +274,17 @@ def test_job_pod_user_fields() -> None:
     config = next(v for v in pod["spec"]["volumes"] if v["name"] == "docker-config")
     assert config["secret"]["secretName"] == "hub"
     assert config["secret"]["items"] == [{"key": ".dockerconfigjson", "path": "config.json"}]
+    # config.json is the Secret's, read-only; the directory around it is writable (buildx).
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert "emptyDir" in volumes[mounts["/docker-config"]["name"]]
+    assert mounts["/docker-config"].get("readOnly") is None
+    assert mounts["/docker-config/config.json"] == {
+        "name": "docker-config",
+        "mountPath": "/docker-config/config.json",
+        "subPath": "config.json",
+        "readOnly": True,
+    }
 
 
 def test_service(target: Target) -> None:
