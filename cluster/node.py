@@ -392,6 +392,16 @@ state = "{self.dir / "containerd-state"}"
 
     def addons_up(self) -> None:
         self.c.kubectl("apply", "-f", str(HERE / "addons" / "coredns.yaml"))
+        self.local_path.mkdir(parents=True, exist_ok=True)
+        storage = (HERE / "addons" / "local-path.yaml").read_text()
+        self.c.kubectl(
+            "apply", "-f", "-", input=storage.replace("@LOCAL_PATH@", str(self.local_path))
+        )
+
+    @property
+    def local_path(self) -> Path:
+        """Where the local-path provisioner makes each volume's directory."""
+        return self.dir / "local-path"
 
     def unmount_all(self) -> None:
         mounts = [

@@ -74,6 +74,7 @@ IMAGES: dict[str, str] = {
     "job": "rdo.local/job:1",
     "coredns": "rdo.local/coredns:1.14.7",
     "registry": "rdo.local/registry:3.1.2",
+    "local-path": "rdo.local/local-path-provisioner:0.0.30",
     "operator": f"rdo.local/remote-docker-operator:{project_version()}",
 }
 
@@ -102,6 +103,10 @@ storage:
 http:
   addr: :5000
 """
+# The local cluster's dynamic volume provisioner (cluster/addons/local-path.yaml): PVCs on real
+# directories of the node, as a cloud's StorageClass gives them (its helper pods run busybox).
+LOCAL_PATH_MODULE = "github.com/rancher/local-path-provisioner"
+LOCAL_PATH_VERSION = "v0.0.30"
 BUSYBOX_PACKAGE = "busybox-static"
 # The engine's root filesystem; the job image is this plus JOB_PACKAGES (one shared layer).
 ENGINE_PACKAGES = ("docker.io", "docker-cli", "iptables", "ca-certificates", "procps")
@@ -1162,6 +1167,30 @@ def produce_registry(out: Path) -> None:
         write_layer(root, out)
 
 
+def produce_local_path(out: Path) -> None:
+    with work_dir("local-path") as work:
+        root = work / "rootfs"
+        (root / "bin").mkdir(parents=True)
+        go_install(LOCAL_PATH_MODULE, LOCAL_PATH_VERSION, root / "bin", work)
+        (root / "bin/local-path-provisioner").chmod(0o755)
+        write_layer(root, out)
+
+
+def plan_local_path() -> ImagePlan:
+    layer = LayerPlan(
+        input_key(
+            "local-path",
+            LOCAL_PATH_MODULE,
+            LOCAL_PATH_VERSION,
+            code=(produce_local_path, go_install, write_layer),
+        ),
+        f"CGO_ENABLED=0 go install {LOCAL_PATH_MODULE}@{LOCAL_PATH_VERSION}",
+        produce_local_path,
+    )
+    config = ImageConfig(entrypoint=("/bin/local-path-provisioner",))
+    return ImagePlan("local-path", IMAGES["local-path"], config, (layer,))
+
+
 def plan_registry() -> ImagePlan:
     layer = LayerPlan(
         input_key(
@@ -1412,6 +1441,7 @@ PLANS: dict[str, Callable[[], ImagePlan]] = {
     "job": plan_job,
     "coredns": plan_coredns,
     "registry": plan_registry,
+    "local-path": plan_local_path,
     "operator": plan_operator,
 }
 
@@ -1463,7 +1493,16 @@ def build(names: Sequence[str] = (), jobs: int = 2) -> dict[str, Path]:
             return out
 
         # The slowest first (the Go builds and a debootstrap), so they overlap.
-        slowest = ["coredns", "dind", "registry", "operator", "job", "pause", "busybox"]
+        slowest = [
+            "coredns",
+            "dind",
+            "registry",
+            "local-path",
+            "operator",
+            "job",
+            "pause",
+            "busybox",
+        ]
         order = sorted(wanted, key=slowest.index)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = {name: pool.submit(task, name) for name in order}

@@ -59,7 +59,7 @@ def test_the_table_is_pinned_and_complete() -> None:
     assert (
         set(build.IMAGES)
         == set(build.PLANS)
-        == {"pause", "busybox", "dind", "job", "coredns", "registry", "operator"}
+        == {"pause", "busybox", "dind", "job", "coredns", "registry", "local-path", "operator"}
     )
     for ref in build.IMAGES.values():
         repo, tag = build.split_ref(ref)
