@@ -30,7 +30,8 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from . import builders, names
-from .engine_cli import engine_manifest
+from .cli import api_message
+from .engine_cli import ENGINE_VARIABLE, engine_manifest
 from .kube import Kube, Obj, path
 
 logger = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def pod_patch(
     certificates, and the wait first among the init containers (none if wait_image is empty)."""
     spec, meta = pod.get("spec") or {}, pod.get("metadata") or {}
     secret = names.client_secret(engine, names.DOCKER_ENGINE_KIND)
-    env = [*builders.client_env(secret), {"name": "REMOTE_DOCKER_ENGINE", "value": engine}]
+    env = [*builders.client_env(secret), {"name": ENGINE_VARIABLE, "value": engine}]
     mount = {"name": names.CLIENT_CERT_VOLUME, "mountPath": names.CERT_DIR, "readOnly": True}
     ops: list[Obj] = []
     if name:
@@ -225,7 +226,7 @@ class Admitter:
         except ApiException as e:
             raise Denied(
                 f"metadata.labels[{names.LABEL_ENGINE_REQUEST}]: the DockerEngine was refused: "
-                f"{_api_message(e)}"
+                f"{api_message(e)}"
             ) from e
         if created is not None:
             return
@@ -241,13 +242,6 @@ class Admitter:
                 f"metadata.name: dockerengine {namespace}/{engine} already exists for an earlier "
                 "pod of this name (it goes with that pod); create this pod again in a moment"
             )
-
-
-def _api_message(e: ApiException) -> str:
-    try:
-        return str(json.loads(e.body or "{}").get("message") or e.reason)
-    except ValueError:
-        return str(e.reason)
 
 
 def serve(port: int, cert_dir: Path, admitter: Admitter) -> ThreadingHTTPServer:
