@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 
 from remote_docker_operator import certs, classes, names, webhook
@@ -166,6 +166,10 @@ class OperatorProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
+# What a CI runner's ServiceAccount needs for the webhook: the pod's engine is made in its name.
+CREATE_ENGINES = {"apiGroups": [names.GROUP], "resources": ["dockerengines"], "verbs": ["create"]}
+
+
 class Kube:
     """What tests do with the API: BuildJobs and the children they make."""
 
@@ -263,6 +267,27 @@ class Kube:
             if e.status == 404:
                 return None
             raise
+
+    def grant(self, namespace: str, account: str, *rules: dict[str, Any]) -> None:
+        """A new ServiceAccount, and a Role of these rules bound to it in its namespace (a CI
+        runner's account)."""
+        self.core.create_namespaced_service_account(namespace, {"metadata": {"name": account}})
+        rbac = RbacAuthorizationV1Api(self.client)
+        rbac.create_namespaced_role(
+            namespace, {"metadata": {"name": account}, "rules": list(rules)}
+        )
+        rbac.create_namespaced_role_binding(
+            namespace,
+            {
+                "metadata": {"name": account},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": account,
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": namespace}],
+            },
+        )
 
     def has_default_account(self, namespace: str) -> bool:
         """Whether the namespace's "default" ServiceAccount exists yet: it appears a moment

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes.client import RbacAuthorizationV1Api
 
 from ..support import (
+    CREATE_ENGINES,
     ROOT,
     Kube,
     OperatorProcess,
@@ -203,18 +203,7 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
 def labelled_pod_gets_an_engine(kube: Kube, tenant: str) -> None:
     """The chart's webhook, as the API server reaches it: through its Service, with the chart's
     serving certificate, answered by the chart's operator pods with the chart's RBAC."""
-    kube.core.create_namespaced_service_account(tenant, {"metadata": {"name": "runner"}})
-    rbac = RbacAuthorizationV1Api(kube.client)
-    rule = {"apiGroups": ["remotedocker.dev"], "resources": ["dockerengines"], "verbs": ["create"]}
-    rbac.create_namespaced_role(tenant, {"metadata": {"name": "engines"}, "rules": [rule]})
-    rbac.create_namespaced_role_binding(
-        tenant,
-        {
-            "metadata": {"name": "engines"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "engines"},
-            "subjects": [{"kind": "ServiceAccount", "name": "runner", "namespace": tenant}],
-        },
-    )
+    kube.grant(tenant, "runner", CREATE_ENGINES)
     pod = kube.core.create_namespaced_pod(
         tenant,
         {

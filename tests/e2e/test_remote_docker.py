@@ -9,12 +9,11 @@ import re
 from typing import Any
 
 import pytest
-from kubernetes.client import RbacAuthorizationV1Api
 from kubernetes.stream import stream
 
 from remote_docker_operator import names
 
-from ..support import ROOT, Kube, OperatorProcess, wait_for
+from ..support import CREATE_ENGINES, ROOT, Kube, OperatorProcess, wait_for
 from .conftest import JOB_IMAGE
 from .test_e2e import COMPOSE, MULTI_STAGE, checks
 from .test_published_ports import PUBLISH
@@ -29,29 +28,11 @@ RUNNER_SA = "ci-runner"
 def runner_account(kube: Kube, ns: str) -> str:
     """What a CI runner's ServiceAccount needs for `remote-docker setup`: DockerEngines, and
     reading the client Secret the operator writes for it."""
-    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": RUNNER_SA}})
-    api = RbacAuthorizationV1Api(kube.client)
-    api.create_namespaced_role(
+    kube.grant(
         ns,
-        {
-            "metadata": {"name": RUNNER_SA},
-            "rules": [
-                {
-                    "apiGroups": [names.GROUP],
-                    "resources": [DE],
-                    "verbs": ["create", "get", "delete"],
-                },
-                {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-            ],
-        },
-    )
-    api.create_namespaced_role_binding(
-        ns,
-        {
-            "metadata": {"name": RUNNER_SA},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": RUNNER_SA},
-            "subjects": [{"kind": "ServiceAccount", "name": RUNNER_SA, "namespace": ns}],
-        },
+        RUNNER_SA,
+        {"apiGroups": [names.GROUP], "resources": [DE], "verbs": ["create", "get", "delete"]},
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
     )
     return RUNNER_SA
 
@@ -298,24 +279,8 @@ def test_a_labelled_pod_gets_its_engine_with_no_step_at_all(
     local. Its first init container holds the job back until the engine answers it over mutual
     TLS (a real kubelet runs it); the engine ends with the pod."""
     account = "labelled-runner"
-    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": account}})
-    api = RbacAuthorizationV1Api(kube.client)
     # All the runner's account needs: the webhook makes the engine in its name.
-    api.create_namespaced_role(
-        ns,
-        {
-            "metadata": {"name": account},
-            "rules": [{"apiGroups": [names.GROUP], "resources": [DE], "verbs": ["create"]}],
-        },
-    )
-    api.create_namespaced_role_binding(
-        ns,
-        {
-            "metadata": {"name": account},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": account},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
-        },
-    )
+    kube.grant(ns, account, CREATE_ENGINES)
     wait_for(lambda: kube.has_default_account(ns), what="default ServiceAccount")
     created = kube.core.create_namespaced_pod(
         ns,

@@ -7,12 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from kubernetes.client import RbacAuthorizationV1Api
 from kubernetes.client.exceptions import ApiException
 
 from remote_docker_operator import names
 
-from ..support import Kube, OperatorProcess, wait_for
+from ..support import CREATE_ENGINES, Kube, OperatorProcess, wait_for
 from .conftest import WAIT_IMAGE, Cluster
 
 pytestmark = pytest.mark.integration
@@ -22,23 +21,7 @@ DE = names.DOCKER_ENGINE_PLURAL
 
 def allow_engines(kube: Kube, ns: str, account: str) -> None:
     """A ServiceAccount that may create DockerEngines in its namespace (as a runner's would)."""
-    kube.core.create_namespaced_service_account(ns, {"metadata": {"name": account}})
-    rbac = RbacAuthorizationV1Api(kube.client)
-    rbac.create_namespaced_role(
-        ns,
-        {
-            "metadata": {"name": "engines"},
-            "rules": [{"apiGroups": [names.GROUP], "resources": [DE], "verbs": ["create"]}],
-        },
-    )
-    rbac.create_namespaced_role_binding(
-        ns,
-        {
-            "metadata": {"name": f"engines-{account}"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "engines"},
-            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": ns}],
-        },
-    )
+    kube.grant(ns, account, CREATE_ENGINES)
 
 
 def client_pod(account: str, engine_class: str = "", **meta: Any) -> dict[str, Any]:
