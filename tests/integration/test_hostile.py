@@ -556,6 +556,26 @@ def test_operator_writes_only_in_its_own_namespaces(
     refusal(lambda: as_operator.core.create_namespaced_pod(ns, host, dry_run="All"))
 
 
+def test_operator_relabels_only_its_own_job_namespaces(
+    kube: Kube, operator: OperatorProcess, operator_kubeconfig: Path, ns: str
+) -> None:
+    """The operator may patch namespaces (a claimed warm engine's is relabelled for its
+    claimant); the guard keeps it from labelling a tenant's namespace as a job namespace, which
+    would then pass every other rule of the guard."""
+    as_operator = Kube(new_client_from_config(str(operator_kubeconfig)))
+    kube.create_buildjob(ns, "own", {"job": RUNS})
+    job_ns = kube.wait_phase(ns, "own", "Running")["namespace"]
+    uid = _uid(kube, ns, "own")
+    takeover = {
+        "metadata": {"labels": {names.LABEL_MANAGED_BY: names.APP, names.LABEL_OWNER_UID: uid}}
+    }
+    message = refusal(lambda: as_operator.core.patch_namespace(ns, takeover, dry_run="All"))
+    assert "may write only in its own job namespaces" in message, message
+    # Control: its own job namespace it may relabel.
+    relabel = {"metadata": {"labels": {names.LABEL_OWNER_NAME: "own"}}}
+    as_operator.core.patch_namespace(job_ns, relabel, dry_run="All")
+
+
 def test_namespace_users_get_buildjobs_but_not_their_status(
     cluster: Any, tenant: Kube, ns: str
 ) -> None:
