@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
-from .certs import TLSBundle
+from .certs import Issued
 from .classes import Engine
 from .config import Settings
-from .models import BuildJobSpec, EngineRequestSpec
+from .models import BuildJobSpec, DockerEngineSpec, EngineRequestSpec
 
 Manifest = dict[str, Any]
 
@@ -41,6 +41,14 @@ class Target:
     job_namespace: str
     engine: Engine
     kind: str = names.KIND
+    # The id a warm engine was started under (its namespace is named after it): set on a warm
+    # engine's own Target (kind EngineClass, uid the id) and on the Target that claimed it.
+    warm_id: str | None = None
+
+    @property
+    def idle(self) -> bool:
+        """A warm engine not claimed yet: nobody's, so nobody may reach it."""
+        return self.kind == names.CLASS_KIND
 
     @property
     def job_spec(self) -> BuildJobSpec:
@@ -74,6 +82,17 @@ class Target:
     @property
     def ttl_seconds(self) -> int:
         return ttl_seconds(self.spec, self.settings)
+
+
+def warm_target(
+    class_name: str, warm_id: str, engine: Engine, settings: Settings, prefix: str
+) -> Target:
+    """A warm engine of the class: owned by the class, under its warm id, until claimed."""
+    spec = DockerEngineSpec.model_validate({"clientPod": {"name": "none"}})
+    namespace = names.job_namespace(prefix, warm_id)
+    return Target(
+        class_name, "", warm_id, spec, settings, namespace, engine, names.CLASS_KIND, warm_id
+    )
 
 
 def deadline_seconds(spec: EngineRequestSpec | None, settings: Settings) -> int:
@@ -144,6 +163,8 @@ def stamped(manifest: Manifest) -> Manifest:
 def build_namespace(t: Target) -> Manifest:
     labels = owner_labels(t)
     labels[names.LABEL_ENGINE_CLASS] = t.engine.class_name
+    if t.warm_id:
+        labels[names.LABEL_WARM_ENGINE] = t.warm_id
     # dind needs a privileged pod, and the engine is all this namespace holds.
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
     return stamped(
@@ -295,6 +316,13 @@ def build_network_policies(t: Target) -> list[Manifest]:
     def policy(name: str, spec: Manifest) -> Manifest:
         return _policy(_meta(t, name), spec)
 
+    # An idle warm engine admits nobody; its claim rebuilds this rule for its client.
+    ingress = (
+        []
+        if t.idle
+        else [{"from": [_in_namespace(t.namespace, client_labels(t))], "ports": engine_ports(t)}]
+    )
+
     return [
         policy(
             names.POLICY_DEFAULT_DENY, {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
@@ -304,12 +332,7 @@ def build_network_policies(t: Target) -> list[Manifest]:
             {
                 "podSelector": _component_selector(names.COMPONENT_ENGINE),
                 "policyTypes": ["Ingress", "Egress"],
-                "ingress": [
-                    {
-                        "from": [_in_namespace(t.namespace, client_labels(t))],
-                        "ports": engine_ports(t),
-                    }
-                ],
+                "ingress": ingress,
                 "egress": [_DNS_RULE, internet, *allowed],
             },
         ),
@@ -360,7 +383,7 @@ def engine_dns_names(t: Target) -> list[str]:
     ]
 
 
-def _tls_secret(meta: Manifest, tls: TLSBundle, data: dict[str, str]) -> Manifest:
+def _tls_secret(meta: Manifest, tls: Issued, data: dict[str, str]) -> Manifest:
     meta["annotations"] = {names.ANNOTATION_CA_FINGERPRINT: tls.ca_fingerprint}
     return {
         "apiVersion": "v1",
@@ -371,20 +394,20 @@ def _tls_secret(meta: Manifest, tls: TLSBundle, data: dict[str, str]) -> Manifes
     }
 
 
-def build_engine_tls_secret(t: Target, tls: TLSBundle) -> Manifest:
+def build_engine_tls_secret(t: Target, tls: Issued) -> Manifest:
     """The engine's server certificate and key, and the CA to verify clients (never its key)."""
     return _tls_secret(
         _meta(t, names.ENGINE_TLS_SECRET, names.COMPONENT_ENGINE),
         tls,
         {
             "ca.pem": tls.ca_cert,
-            "cert.pem": tls.server_cert,
-            "key.pem": tls.server_key,
+            "cert.pem": tls.cert,
+            "key.pem": tls.key,
         },
     )
 
 
-def build_client_secret(t: Target, tls: TLSBundle) -> Manifest:
+def build_client_secret(t: Target, tls: Issued) -> Manifest:
     """What the job (or the client pod) needs to reach its engine: the docker CLI's environment
     and client certs, in the owner's namespace."""
     return _tls_secret(
@@ -395,8 +418,8 @@ def build_client_secret(t: Target, tls: TLSBundle) -> Manifest:
             "DOCKER_TLS_VERIFY": "1",
             "DOCKER_CERT_PATH": names.CERT_DIR,
             "ca.pem": tls.ca_cert,
-            "cert.pem": tls.client_cert,
-            "key.pem": tls.client_key,
+            "cert.pem": tls.cert,
+            "key.pem": tls.key,
         },
     )
 
@@ -546,6 +569,28 @@ def build_engine_pod(t: Target) -> Manifest:
             ],
         },
     }
+
+
+def build_warm_engine_pod(t: Target, pod_deadline_seconds: int) -> Manifest:
+    """A warm engine's pod: its life is its idle time and then a job's (warm.py)."""
+    pod = build_engine_pod(t)
+    pod["spec"]["activeDeadlineSeconds"] = pod_deadline_seconds
+    return pod
+
+
+def build_warm_children(t: Target, server: Issued, pod_deadline_seconds: int) -> list[Manifest]:
+    """Everything a warm engine is, in the order it is made: the children a cold engine has
+    (its quota last, once its pod exists), with no client yet."""
+    limits = build_limit_range(t)
+    return [
+        build_namespace(t),
+        *([limits] if limits is not None else []),
+        *build_network_policies(t),
+        build_engine_service(t),
+        build_engine_tls_secret(t, server),
+        build_warm_engine_pod(t, pod_deadline_seconds),
+        build_quota(t),
+    ]
 
 
 def client_env(secret: str) -> list[Manifest]:

@@ -1,9 +1,11 @@
 """Per-BuildJob mutual TLS: a fresh CA that signs one server and one client certificate.
 
-The CA's private key lives only in this function's frame and is never serialised: once both
-leaves are signed nobody, the operator included, can issue another certificate that the engine
-trusts. ECDSA P-256 keys are generated in microseconds (the official dind entrypoint spends
-seconds on 4096-bit RSA at every start).
+The CA's private key lives only in an `Authority` object and is never serialised: once both
+leaves are signed and the object is dropped nobody, the operator included, can issue another
+certificate that the engine trusts. A cold engine's Authority lives for one call (`issue`); a
+warm engine's (pool.py) until the claim that issues its client certificate. ECDSA P-256 keys
+are generated in microseconds (the official dind entrypoint spends seconds on 4096-bit RSA at
+every start).
 """
 
 import datetime
@@ -21,6 +23,16 @@ CLOCK_SKEW = datetime.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
+class Issued:
+    """One certificate and its key, with the CA certificate that verifies the peer."""
+
+    ca_cert: str
+    ca_fingerprint: str
+    cert: str
+    key: str
+
+
+@dataclass(frozen=True)
 class TLSBundle:
     ca_cert: str
     server_cert: str
@@ -29,6 +41,14 @@ class TLSBundle:
     client_key: str
     # SHA-256 of the CA certificate: ties the engine's and the client's secrets together.
     ca_fingerprint: str
+
+    @property
+    def server(self) -> Issued:
+        return Issued(self.ca_cert, self.ca_fingerprint, self.server_cert, self.server_key)
+
+    @property
+    def client(self) -> Issued:
+        return Issued(self.ca_cert, self.ca_fingerprint, self.client_cert, self.client_key)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -95,6 +115,69 @@ def _leaf(
     return builder.sign(ca_key, hashes.SHA256()), key
 
 
+class Authority:
+    """A new CA, valid from `now` (less the clock skew) for `valid_for`; its key never leaves
+    this object."""
+
+    def __init__(self, valid_for: datetime.timedelta, now: datetime.datetime | None = None):
+        now = now or datetime.datetime.now(datetime.UTC)
+        self.not_after = now + valid_for
+        self._key = ec.generate_private_key(ec.SECP256R1())
+        self._cert = (
+            x509.CertificateBuilder()
+            .subject_name(_name("remote-docker-operator job CA"))
+            .issuer_name(_name("remote-docker-operator job CA"))
+            .public_key(self._key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - CLOCK_SKEW)
+            .not_valid_after(self.not_after)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=False,
+                    key_encipherment=False,
+                    content_commitment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=True,
+                    crl_sign=True,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(self._key.public_key()), critical=False
+            )
+            .sign(self._key, hashes.SHA256())
+        )
+        self.ca_cert = _pem_cert(self._cert)
+        self.fingerprint = hashlib.sha256(self.ca_cert.encode()).hexdigest()[:32]
+
+    def _issued(self, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> Issued:
+        return Issued(self.ca_cert, self.fingerprint, _pem_cert(cert), _pem_key(key))
+
+    def server(self, dns_names: list[str], ip_addresses: list[str]) -> Issued:
+        sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
+        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
+        cert, key = _leaf(
+            # clientAuth as well: the engine's readiness probe connects to itself with this pair.
+            dns_names[0] if dns_names else "engine",
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
+            sans,
+            self._key,
+            self._cert,
+            self.not_after,
+        )
+        return self._issued(cert, key)
+
+    def client(self, not_after: datetime.datetime | None = None) -> Issued:
+        """A client certificate, valid until not_after (never past the CA's own end)."""
+        end = min(not_after or self.not_after, self.not_after)
+        cert, key = _leaf("job", [ExtendedKeyUsageOID.CLIENT_AUTH], [], self._key, self._cert, end)
+        return self._issued(cert, key)
+
+
 def issue(
     dns_names: list[str],
     ip_addresses: list[str],
@@ -102,58 +185,13 @@ def issue(
     now: datetime.datetime | None = None,
 ) -> TLSBundle:
     """A new CA, a server certificate for the given names and IPs, and a client certificate."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    not_before = now - CLOCK_SKEW
-    not_after = now + valid_for
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("remote-docker-operator job CA"))
-        .issuer_name(_name("remote-docker-operator job CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                key_encipherment=False,
-                content_commitment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    sans: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
-    server_cert, server_key = _leaf(
-        # clientAuth as well: the engine's readiness probe connects to itself with this keypair.
-        dns_names[0] if dns_names else "engine",
-        [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
-        sans,
-        ca_key,
-        ca_cert,
-        not_after,
-    )
-    client_cert, client_key = _leaf(
-        "job", [ExtendedKeyUsageOID.CLIENT_AUTH], [], ca_key, ca_cert, not_after
-    )
-    ca_pem = _pem_cert(ca_cert)
+    ca = Authority(valid_for, now)
+    server, client = ca.server(dns_names, ip_addresses), ca.client()
     return TLSBundle(
-        ca_cert=ca_pem,
-        server_cert=_pem_cert(server_cert),
-        server_key=_pem_key(server_key),
-        client_cert=_pem_cert(client_cert),
-        client_key=_pem_key(client_key),
-        ca_fingerprint=hashlib.sha256(ca_pem.encode()).hexdigest()[:32],
+        ca_cert=ca.ca_cert,
+        server_cert=server.cert,
+        server_key=server.key,
+        client_cert=client.cert,
+        client_key=client.key,
+        ca_fingerprint=ca.fingerprint,
     )

@@ -114,6 +114,8 @@ class Children:
             namespace = namespace or state.job_namespace
             obj = self.kube.get(kind, namespace, name)
             where = f"{namespace}/{name}"
+            if obj is not None and self._claimed_warm(state, obj, namespace):
+                obj = self._relabel(state, obj)
         if obj is not None and not self.is_ours(state, obj):
             labels = obj["metadata"].get("labels") or {}
             if (
@@ -132,13 +134,37 @@ class Children:
             )
         return obj
 
+    @staticmethod
+    def _claimed_warm(state: JobState, obj: Obj, namespace: str) -> bool:
+        """A child of the warm engine this one claimed, not relabelled for it yet."""
+        labels = obj["metadata"].get("labels") or {}
+        return (
+            state.warm_id is not None
+            and namespace == state.job_namespace
+            and labels.get(names.LABEL_MANAGED_BY) == names.APP
+            and labels.get(names.LABEL_OWNER_UID) == state.warm_id
+            and names.owner_kind(labels) == names.CLASS_KIND
+        )
+
+    def _relabel(self, state: JobState, obj: Obj) -> Obj:
+        """Makes a claimed warm engine's child this owner's (the uid read as precondition)."""
+        meta = obj["metadata"]
+        patched = self.kube.patch(
+            obj["kind"], meta["namespace"], meta["name"], claim_patch(state, meta["uid"])
+        )
+        if patched is None:
+            raise NotYet(f"{obj['kind']} {meta['name']} changed while being claimed", 0.1)
+        return patched
+
     def is_ours(self, state: JobState, obj: Obj) -> bool:
         meta = obj.get("metadata") or {}
         if obj.get("kind") == "Namespace":
-            # Made before its BuildJob existed: someone guessed the name ahead of us.
-            return (
-                names.owns_namespace(obj, state.uid)
-                and meta.get("creationTimestamp", "") >= state.created
+            # Made before its BuildJob existed: someone guessed the name ahead of us (a warm
+            # engine's was, but is named after its own id, which only the operator labels).
+            labels = meta.get("labels") or {}
+            return names.owns_namespace(obj, state.uid) and (
+                meta.get("creationTimestamp", "") >= state.created
+                or names.LABEL_WARM_ENGINE in labels
             )
         labels = meta.get("labels") or {}
         return (
@@ -175,7 +201,9 @@ class Children:
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         where = manifest["metadata"].get("namespace")
         if check_first and (existing := self.owned(state, kind, name, where)) is not None:
-            return self.revert(manifest, existing)
+            # A claimed warm engine's children were built for nobody: rebuilt, not drift.
+            claiming = state.warm_id is not None and not state.provisioned
+            return self.revert(manifest, existing, quiet=claiming)
         created = self.kube.create(manifest)
         if created is not None:
             return created
@@ -188,7 +216,7 @@ class Children:
         state.started_here = False
         return existing
 
-    def revert(self, built: Obj, existing: Obj) -> Obj:
+    def revert(self, built: Obj, existing: Obj, quiet: bool = False) -> Obj:
         if not decide.drifted(built, existing):
             return existing
         meta = existing["metadata"]
@@ -197,7 +225,8 @@ class Children:
             **built,
             "metadata": {**built["metadata"], "resourceVersion": meta["resourceVersion"]},
         }
-        logger.warning(
+        logger.log(
+            logging.DEBUG if quiet else logging.WARNING,
             "Reverted %s %s: it was changed from what the operator built",
             built["kind"].lower(),
             "/".join(filter(None, (meta.get("namespace"), meta["name"]))),
@@ -284,7 +313,10 @@ class Children:
             valid_for,
             self.clock(),
         )
-        return builders.build_client_secret(t, bundle), builders.build_engine_tls_secret(t, bundle)
+        return (
+            builders.build_client_secret(t, bundle.client),
+            builders.build_engine_tls_secret(t, bundle.server),
+        )
 
     def create_pod(self, state: JobState, role: str, manifest: Obj) -> None:
         try:
@@ -340,6 +372,22 @@ class Children:
             self.kube.delete(
                 kind, meta.get("namespace"), meta["name"], meta["uid"], grace_period_seconds
             )
+
+
+def claim_patch(state: JobState, uid: str, **spec: object) -> Obj:
+    """The merge patch that makes a warm engine's object (of this uid) the owner's: its owner
+    labels, and `spec` fields if given."""
+    labels: dict[str, str | None] = {
+        names.LABEL_OWNER_NAMESPACE: state.namespace,
+        names.LABEL_OWNER_NAME: state.name,
+        names.LABEL_OWNER_UID: state.uid,
+        # A BuildJob's children carry no kind label (as before DockerEngines existed).
+        names.LABEL_OWNER_KIND: None if state.kind == names.KIND else state.kind,
+    }
+    patch: Obj = {"metadata": {"uid": uid, "labels": labels}}
+    if spec:
+        patch["spec"] = spec
+    return patch
 
 
 # Pod field paths the API server names -> the BuildJob fields they are built from.

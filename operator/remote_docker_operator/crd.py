@@ -58,6 +58,7 @@ ENGINECLASS_COLUMNS: list[dict[str, Any]] = [
     },
     {"name": "Image", "type": "string", "jsonPath": ".spec.image"},
     {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtimeClassName"},
+    {"name": "Warm", "type": "integer", "jsonPath": ".status.warmPool.ready"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 
@@ -115,7 +116,7 @@ RESOURCES = (
         "What a Docker engine may be and do, decided by the platform admin: image, placement, "
         "runtime, resources, storage, who may use it and where its engines may connect.",
         ENGINECLASS_COLUMNS,
-        status=False,
+        status=True,
     ),
 )
 

@@ -42,6 +42,7 @@ class Known:
     job: Obj | None = None  # a DockerEngine's: the client pod (the tenant's, never ours)
     for_client: bool = False  # a DockerEngine: no job pod of its own, a client pod instead
     client_bound: bool = False  # the client pod carries this engine's label
+    warm: bool = False  # the engine was a warm one: its children exist, made for nobody
 
     @property
     def phase(self) -> str | None:
@@ -160,21 +161,25 @@ def start(t: builders.Target, start_time: str) -> SetStatus:
         "engineClass": t.engine.class_name,
         "engine": {"endpoint": t.docker_host, "ready": False},
     }
+    if t.warm_id:
+        fields["engine"]["warm"] = True
     if t.kind == names.DOCKER_ENGINE_KIND:
         fields["clientSecret"] = t.client_secret
-    return SetStatus(
-        "Provisioning",
-        st.PROVISIONING,
-        f"creating namespace {t.job_namespace} and the engine",
-        fields,
+    message = (
+        f"claimed warm engine {t.job_namespace}"
+        if t.warm_id
+        else f"creating namespace {t.job_namespace} and the engine"
     )
+    return SetStatus("Provisioning", st.PROVISIONING, message, fields)
 
 
 def _engine_side(k: Known) -> list[Action]:
     """While provisioning: the children (re-read on a drift check) and the engine pod."""
     actions: list[Action] = []
     if not k.children_made or k.drift_check:
-        actions.append(MakeChildren(check_first=k.drift_check))
+        # A warm engine's children are read and rebuilt for their owner (its policy admits
+        # this owner's client, which it did not before).
+        actions.append(MakeChildren(check_first=k.drift_check or k.warm))
     if k.engine is None:
         actions.append(CreatePod(names.ENGINE_POD))
     return actions

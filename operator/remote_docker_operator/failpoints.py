@@ -18,6 +18,9 @@ STEPS = (
 )
 # A DockerEngine's step instead of "job-pod": its client pod labelled and made its owner.
 CLIENT_STEPS = ("client-bound",)
+# A warm engine claimed (its namespace relabelled, the client Secret written), before the status
+# says so.
+WARM_STEPS = ("warm-claimed",)
 
 
 def reached(step: str) -> None:

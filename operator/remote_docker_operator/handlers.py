@@ -20,6 +20,7 @@ from . import builders, kopfclient, metrics, names
 from . import status as st
 from .config import get_settings
 from .kube import Kube, Obj, load_config
+from .pool import Kick
 from .reconcile import EventSink, Reconciler, Requeue
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,20 @@ def requeue_on(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> Requeue:
         loop.call_soon_threadsafe(loop.call_later, delay, fire, uid)
 
     return requeue
+
+
+def kick_on(loop: asyncio.AbstractEventLoop, memo: kopf.Memo) -> Kick:
+    """Refills a class's warm pool soon, in kopf's thread pool: a claim (or a failed warm
+    engine) asks for it from a thread that must not wait for new engines."""
+
+    def fire(class_name: str) -> None:
+        rec = reconciler(memo)
+        loop.run_in_executor(None, contextvars.copy_context().run, rec.pool.refill, class_name)
+
+    def kick(class_name: str) -> None:
+        loop.call_soon_threadsafe(fire, class_name)
+
+    return kick
 
 
 def event_poster(kube: Kube) -> EventSink:
@@ -96,8 +111,13 @@ async def startup(
 
     load_config(pool_size=WORKERS)
     kube = Kube()
+    loop = asyncio.get_running_loop()
     rec = Reconciler(
-        kube, SETTINGS, event_poster(kube), requeue_on(asyncio.get_running_loop(), memo)
+        kube,
+        SETTINGS,
+        event_poster(kube),
+        requeue_on(loop, memo),
+        kick=kick_on(loop, memo),
     )
     # Blocking reads: off the event loop.
     await asyncio.to_thread(_load, rec, logger)
@@ -163,12 +183,15 @@ def pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> N
 
 @kopf.on.event(names.GROUP, names.VERSION, names.CLASS_PLURAL)
 def engineclass_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """Classes are read from memory when a BuildJob is admitted; this keeps them current."""
-    classes = reconciler(memo).classes
+    """Classes are read from memory when a BuildJob is admitted; this keeps them current, and
+    their warm pools filled (or drained, the class deleted)."""
+    rec = reconciler(memo)
+    name = body.metadata.name or ""
     if type == "DELETED":
-        classes.pop(body.metadata.name or "", None)
+        rec.classes.pop(name, None)
     else:
-        classes[body.metadata.name or ""] = dict(body)
+        rec.classes[name] = dict(body)
+    rec.pool.refill(name)
 
 
 async def resync_forever(
@@ -191,6 +214,12 @@ async def resync_forever(
                 # An API error or the connection's (urllib3's: a timeout, a reset): either way
                 # this loop must go on, as it is the only retry a failed event handler gets.
                 logger.exception("Orphan sweep failed (tried again in %d ticks)", SWEEP_EVERY)
+        try:
+            await loop.run_in_executor(
+                executor, contextvars.copy_context().run, rec.pool.refill_all
+            )
+        except Exception:
+            logger.exception("Warm pool refill failed (tried again next tick)")
         due = rec.due_for_resync()
         for start in range(0, len(due), WORKERS):
             batch = due[start : start + WORKERS]

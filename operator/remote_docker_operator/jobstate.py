@@ -27,6 +27,9 @@ class JobState:
     # namespace this operator found labelled for the uid at start-up, else made from the prefix.
     job_namespace: str
     kind: str = names.KIND  # or names.DOCKER_ENGINE_KIND: an engine for a pod of the tenant's
+    # The warm engine it claimed (builders.Target.warm_id): its children, labelled for that id
+    # until the claim relabels them, are this one's.
+    warm_id: str | None = None
     # The BuildJob with its class resolved; set when it is admitted, or found running.
     target: Target | None = None
     deleting: bool = False

@@ -151,10 +151,15 @@ class Kube:
         name: str,
         uid: str,
         grace_period_seconds: int | None = None,
+        resource_version: str | None = None,
     ) -> bool:
-        """Deletes the object with exactly this uid; False when it was already gone (or another
-        object of the same name stands there now: 409 on the uid precondition)."""
-        options: Obj = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        """Deletes the object with exactly this uid (and, when given, unchanged since this
+        resourceVersion was read); False when it was already gone (or another object of the same
+        name stands there now, or it changed: 409 on a precondition)."""
+        preconditions = {"uid": uid}
+        if resource_version:
+            preconditions["resourceVersion"] = resource_version
+        options: Obj = {"propagationPolicy": "Background", "preconditions": preconditions}
         if grace_period_seconds is not None:
             options["gracePeriodSeconds"] = grace_period_seconds
         try:
@@ -190,12 +195,13 @@ class Kube:
             if e.status not in (404, 422):
                 raise
 
-    def patch(self, kind: str, namespace: str, name: str, body: Obj | list[Obj]) -> bool:
-        """A merge patch (a JSON patch when body is a list); False when the object is gone, or
-        is not the one a precondition in the patch names (409, or a failed test: 422)."""
+    def patch(self, kind: str, namespace: str, name: str, body: Obj | list[Obj]) -> Obj | None:
+        """A merge patch (a JSON patch when body is a list): the object patched, or None when it
+        is gone, or is not the one a precondition in the patch names (409, or a failed test:
+        422)."""
         json_patch = isinstance(body, list)
         try:
-            self.request(
+            patched: Obj = self.request(
                 "PATCH",
                 path(kind, namespace, name),
                 body,  # type: ignore[arg-type]
@@ -205,9 +211,9 @@ class Kube:
             )
         except ApiException as e:
             if e.status in (404, 409, 422):
-                return False
+                return None
             raise
-        return True
+        return patched
 
     def list(self, kind: str, label_selector: str | None = None) -> list[Obj]:
         query = [("labelSelector", label_selector)] if label_selector else None

@@ -11,7 +11,7 @@ from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
-from prometheus_client import REGISTRY, Counter, Histogram, start_http_server
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -55,6 +55,18 @@ API_REQUESTS = Counter(
     "Retry-After) within one request are not seen; the operator's retries of a 429 count each. "
     "Not counted: kopf's own requests (its watches and Events).",
     ["verb", "code"],
+)
+
+WARM_CLAIMS = Counter(
+    PREFIX + "warm_claims",
+    "BuildJobs and DockerEngines of a class with a warm pool, by whether they got a warm engine "
+    "(result=hit) or started a cold one (result=miss).",
+    ["engine_class", "result"],
+)
+WARM_ENGINES = Gauge(
+    PREFIX + "warm_engines",
+    "Warm engines not claimed yet, by class and state (ready, starting).",
+    ["engine_class", "state"],
 )
 
 
@@ -155,3 +167,12 @@ def _condition_time(status: st.Status, type_: str) -> datetime.datetime | None:
 
 def _seconds(start: datetime.datetime, end: datetime.datetime) -> float:
     return max((end - start).total_seconds(), 0.0)
+
+
+def warm_claim(engine_class: str, hit: bool) -> None:
+    WARM_CLAIMS.labels(engine_class, "hit" if hit else "miss").inc()
+
+
+def warm_pool(engine_class: str, ready: int, starting: int) -> None:
+    WARM_ENGINES.labels(engine_class, "ready").set(ready)
+    WARM_ENGINES.labels(engine_class, "starting").set(starting)

@@ -362,6 +362,9 @@ class Condition(ApiModel):
 class EngineStatus(ApiModel):
     endpoint: str | None = Field(None, description="DOCKER_HOST as the job sees it.")
     ready: bool = Field(False, description="Whether the engine answers over mutual TLS.")
+    warm: bool | None = Field(
+        None, description="Whether the engine was taken from its class's warm pool."
+    )
 
 
 class BuildJobStatus(ApiModel):
@@ -602,6 +605,21 @@ class InClusterDestination(ApiModel):
     )
 
 
+class WarmPool(ApiModel):
+    size: int = Field(
+        ge=0,
+        le=100,
+        description="Engines kept started and idle, each in its own namespace, for BuildJobs "
+        "and DockerEngines of the class that ask for nothing the class's defaults do not give.",
+    )
+    max_idle_seconds: int = Field(
+        3600,
+        ge=60,
+        le=86400,
+        description="An idle warm engine older than this is replaced by a new one.",
+    )
+
+
 class EngineClassSpec(ApiModel):
     image: ImageRef = Field(
         description="The engine image when a BuildJob names neither engine.image nor "
@@ -667,9 +685,33 @@ class EngineClassSpec(ApiModel):
     network_policy_probe: NetworkPolicyProbe = Field(
         default_factory=NetworkPolicyProbe, description="Check that NetworkPolicy is enforced."
     )
+    warm_pool: WarmPool | None = Field(
+        None,
+        description="Engines started ahead of demand: a BuildJob or DockerEngine claims one "
+        "instead of waiting for a new engine. Each is handed out once, with a client "
+        "certificate issued at the claim. Unset: none.",
+    )
+
+
+class WarmPoolStatus(ApiModel):
+    size: int = Field(0, description="The pool's size as the class asks for it.")
+    ready: int = Field(0, description="Warm engines ready to be claimed.")
+    starting: int = Field(0, description="Warm engines starting.")
+    claims: int = Field(0, description="Warm engines claimed since the operator started.")
+    misses: int = Field(
+        0, description="Engines of the class started cold since the operator started."
+    )
+    oldest_idle_seconds: int | None = Field(
+        None, description="Age of the oldest warm engine ready to be claimed."
+    )
+
+
+class EngineClassStatus(ApiModel):
+    warm_pool: WarmPoolStatus | None = Field(None, description="The class's warm pool.")
 
 
 class EngineClass(ApiModel):
     """An EngineClass as the operator reads it."""
 
     spec: EngineClassSpec = Field(description="What the class's engines may be and do.")
+    status: EngineClassStatus | None = Field(None, description="Observed state.")

@@ -56,6 +56,10 @@ CLIENT_LABEL_PREFIX = f"client.{GROUP}/"
 LABEL_ENGINE_REQUEST = f"{GROUP}/engine"
 # Put on such a pod by the webhook: the DockerEngine it made for it.
 ANNOTATION_DOCKER_ENGINE = f"{GROUP}/dockerengine"
+# On a warm engine's namespace (pool.py), for good: the id it was started under, whose hash its
+# name ends in. Until claimed its owner labels name its EngineClass (LABEL_OWNER_KIND) and this
+# id as the owner's uid; the claim relabels them to the BuildJob's or DockerEngine's.
+LABEL_WARM_ENGINE = f"{GROUP}/warm-engine"
 # Annotation on both TLS secrets: they belong together only when their CA fingerprints match.
 ANNOTATION_CA_FINGERPRINT = f"{GROUP}/ca-fingerprint"
 # On a ServiceAccount: BuildJobs of its namespace may run their job pod as it
@@ -104,12 +108,16 @@ def job_namespace(prefix: str, uid: str) -> str:
 
 def owns_namespace(namespace: dict[str, Any], uid: str) -> bool:
     """Whether a namespace is the operator's job namespace of the BuildJob with this uid: its
-    name ends in the uid's hash and it carries the operator's labels for that uid. Labels alone
-    could be copied from any job namespace onto any other; the name binds them to the uid."""
+    name ends in the uid's hash (a claimed warm engine's: its warm id's) and it carries the
+    operator's labels for that uid. Labels alone could be copied from any job namespace onto
+    any other; the name binds them to the uid."""
     meta = namespace.get("metadata") or {}
     labels = meta.get("labels") or {}
+    # A warm engine's namespace was named before its owner existed: after the id it started
+    # under, which its owner labels named until the claim.
+    named_after = labels.get(LABEL_WARM_ENGINE) or uid
     return (
-        str(meta.get("name", "")).endswith(uid_hash(uid))
+        str(meta.get("name", "")).endswith(uid_hash(named_after))
         and labels.get(LABEL_MANAGED_BY) == APP
         and labels.get(LABEL_OWNER_UID) == uid
     )

@@ -13,6 +13,7 @@ import itertools
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 
 from . import builders, classes, decide, failpoints, metrics, names, pods, queue
 from . import status as st
@@ -24,6 +25,7 @@ from .errors import InvalidSpec, NotYet, Refusal
 from .jobstate import JobState, parse_spec
 from .kube import Kube, Obj
 from .models import TERMINAL_PHASES, EngineRequestSpec
+from .pool import Kick, Pool
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ class Reconciler:
         events: EventSink,
         requeue: Requeue,
         clock: Callable[[], datetime.datetime] = st.now,
+        kick: Kick = lambda class_name: None,
     ) -> None:
         self.kube = kube
         self.settings = settings
@@ -54,8 +57,11 @@ class Reconciler:
         self.jobs: dict[str, JobState] = {}
         # EngineClasses by name, kept current by their watch (handlers.py).
         self.classes: dict[str, Obj] = {}
-        # BuildJob uid -> its job namespace, for namespaces made before a prefix change.
+        # BuildJob uid -> its job namespace, for namespaces made before a prefix change, and
+        # the warm id of those that were warm engines.
         self.namespaces: dict[str, str] = {}
+        self.warm_ids: dict[str, str] = {}
+        self.pool = Pool(kube, settings, self.classes, kick, clock)
         self._jobs_lock = threading.Lock()
         self._admission = threading.Lock()
         # Watch events arrive in the order objects were written, so this orders BuildJobs
@@ -87,6 +93,7 @@ class Reconciler:
                     job_namespace=self.namespaces.get(uid)
                     or names.job_namespace(self.settings.namespace_prefix, uid),
                     kind=kind,
+                    warm_id=self.warm_ids.get(uid),
                 )
                 self.jobs[uid] = state
         # Our own status writes are newer than any body but the first, so only flags update.
@@ -100,6 +107,9 @@ class Reconciler:
         meta = body.get("metadata") or {}
         labels = meta.get("labels") or {}
         uid = labels.get(names.LABEL_OWNER_UID, "")
+        if names.owner_kind(labels) == names.CLASS_KIND:
+            self.pool.pod_event(body, deleted)
+            return
         state = self.jobs.get(uid)
         if state is None:
             owner = self.kube.get(
@@ -136,6 +146,7 @@ class Reconciler:
         with self._jobs_lock:
             self.jobs.pop(uid, None)
             self.namespaces.pop(uid, None)
+            self.warm_ids.pop(uid, None)
 
     # -- the reconcile loop -------------------------------------------------------------------
 
@@ -217,10 +228,17 @@ class Reconciler:
             if waiting is not None:
                 self._set(state, decide.SetStatus("Pending", st.QUEUED, waiting))
                 return
+            if state.warm_id is None:
+                self.pool.claim(state, t)
+            if state.warm_id is not None:
+                state.target = t = replace(
+                    t, job_namespace=state.job_namespace, warm_id=state.warm_id
+                )
             self._set(state, decide.start(t, st.timestamp(self.clock())))
             # Children are made only after Provisioning is written, so none exist yet: no
-            # reads before creating them (a create that meets one anyway, 409, reads then).
-            state.started_here = True
+            # reads before creating them (a create that meets one anyway, 409, reads then). A
+            # warm engine's all exist.
+            state.started_here = state.warm_id is None
         try:
             self._run(state, decide.decide(self._known(state, pods=True, drift_check=drift_check)))
         finally:
@@ -245,6 +263,7 @@ class Reconciler:
             job=self.children.pod(state, names.JOB_POD, drift_check) if pods else None,
             for_client=state.for_client,
             client_bound=state.client_bound,
+            warm=state.warm_id is not None,
         )
 
     def _run(self, state: JobState, actions: list[Action]) -> None:
@@ -326,6 +345,7 @@ class Reconciler:
             state.job_namespace,
             engine,
             state.kind,
+            state.warm_id,
         )
 
     # -- making children ----------------------------------------------------------------------
@@ -455,15 +475,21 @@ class Reconciler:
         found = self.kube.list("Namespace", f"{names.LABEL_MANAGED_BY}={names.APP}")
         prefix = self.settings.namespace_prefix
         for ns in sorted(found, key=lambda n: n["metadata"]["name"].startswith(prefix)):
-            owner = (ns["metadata"].get("labels") or {}).get(names.LABEL_OWNER_UID, "")
-            if names.owns_namespace(ns, owner):
+            labels = ns["metadata"].get("labels") or {}
+            owner = labels.get(names.LABEL_OWNER_UID, "")
+            if names.owns_namespace(ns, owner) and names.owner_kind(labels) != names.CLASS_KIND:
                 self.namespaces[owner] = ns["metadata"]["name"]  # the current prefix's wins
+                if names.LABEL_WARM_ENGINE in labels:
+                    self.warm_ids[owner] = labels[names.LABEL_WARM_ENGINE]
         return found
 
     def sweep_orphans(self, managed: list[Obj], live: set[str]) -> list[str]:
-        """Deletes job namespaces whose BuildJob (uid) is not among `live`. A namespace counts
-        only when its name has the prefix and ends in the hash of the uid its labels name: a
-        label alone is anyone's to put on their own namespace."""
+        """Deletes job namespaces whose BuildJob (uid) is not among `live`, and warm engines'
+        this process did not start (pool.py: their CA keys are lost). A namespace counts only
+        when its name has the prefix and ends in the hash of the uid its labels name: a label
+        alone is anyone's to put on their own namespace. Each is deleted only as listed: one
+        changed since (a warm engine claimed) is not."""
+        live = live | self.pool.ids()
         deleted = []
         for ns in managed:
             meta = ns["metadata"]
@@ -475,7 +501,8 @@ class Reconciler:
                 or not names.owns_namespace(ns, owner)
             ):
                 continue
-            if self.kube.delete("Namespace", None, meta["name"], meta["uid"]):
+            version = meta.get("resourceVersion")
+            if self.kube.delete("Namespace", None, meta["name"], meta["uid"], None, version):
                 deleted.append(meta["name"])
             self.namespaces.pop(owner, None)
         return deleted

@@ -426,7 +426,9 @@ def test_existing_children_are_adopted_after_throttling(
     deny = networking.create_namespaced_network_policy(job_ns, policy)
     # Half a TLS pair (a crash between its two writes): reissued, so replaced (PUT).
     bundle = certs.issue(builders.engine_dns_names(target), [], datetime.timedelta(hours=1), None)
-    half = core.create_namespaced_secret(job_ns, builders.build_engine_tls_secret(target, bundle))
+    half = core.create_namespaced_secret(
+        job_ns, builders.build_engine_tls_secret(target, bundle.server)
+    )
 
     proxied_operator.start()
     done = kube.wait_phase(ns, "adopt", "Succeeded", timeout=120)

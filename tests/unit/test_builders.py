@@ -37,7 +37,7 @@ def test_the_engine_side_lives_in_the_job_namespace_the_job_side_beside_the_buil
     bundle = certs.issue(["engine"], [], datetime.timedelta(hours=1))
     engine_side = [
         *builders.build_network_policies(target),
-        builders.build_engine_tls_secret(target, bundle),
+        builders.build_engine_tls_secret(target, bundle.server),
         builders.build_engine_service(target),
         builders.build_engine_pod(target),
         builders.build_quota(target),
@@ -48,7 +48,7 @@ def test_the_engine_side_lives_in_the_job_namespace_the_job_side_beside_the_buil
         assert "ownerReferences" not in child["metadata"]
     job_side = [
         builders.build_job_policy(target),
-        builders.build_client_secret(target, bundle),
+        builders.build_client_secret(target, bundle.client),
         builders.build_job_pod(target),
     ]
     assert [c["metadata"]["name"] for c in job_side] == [
@@ -298,8 +298,8 @@ def test_secrets_hold_no_ca_key(target: Target) -> None:
     bundle = certs.issue(
         builders.engine_dns_names(target), ["10.96.0.20"], datetime.timedelta(hours=1)
     )
-    engine = builders.build_engine_tls_secret(target, bundle)
-    client = builders.build_client_secret(target, bundle)
+    engine = builders.build_engine_tls_secret(target, bundle.server)
+    client = builders.build_client_secret(target, bundle.client)
     assert set(engine["stringData"]) == {"ca.pem", "cert.pem", "key.pem"}
     assert engine["stringData"]["key.pem"] == bundle.server_key
     assert client["stringData"]["key.pem"] == bundle.client_key

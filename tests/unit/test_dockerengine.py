@@ -57,7 +57,7 @@ def test_published_ports_open_to_the_client_too() -> None:
 def test_client_secret_is_named_apart_and_owned_by_the_dockerengine() -> None:
     t = make_engine_target()
     bundle = certs.issue(["engine"], [], datetime.timedelta(hours=1), NOW)
-    secret = builders.build_client_secret(t, bundle)
+    secret = builders.build_client_secret(t, bundle.client)
     meta = secret["metadata"]
     assert (meta["namespace"], meta["name"]) == ("ci", "eng-dockerengine")
     assert meta["ownerReferences"] == [
