@@ -75,10 +75,12 @@ class Pool:
         spec = None if body is None else classes.parse_class(body)
         if spec is None or isinstance(spec, str) or spec.warm_pool is None:
             return None, None
+        # Warm engines belong to no namespace until claimed: whether the claimant's namespace
+        # may use the class was decided before it claims.
+        open_to_all = spec.model_copy(update={"namespace_selector": None})
         try:
-            engine = classes.resolve(class_name, spec, _DEFAULTS, "", {})
+            engine = classes.resolve(class_name, open_to_all, _DEFAULTS, "", {})
         except ClassRefused:
-            # Open to some namespaces only: its engines are resolved there, never ahead.
             return None, None
         return spec.warm_pool, engine
 

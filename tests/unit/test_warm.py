@@ -242,3 +242,18 @@ def test_a_claim_hands_one_engine_out_once_with_a_client_of_its_own_ca() -> None
     assert not pool.claim(other, t), "handed out once"
     assert (pool.claims["standard"], pool.misses["standard"]) == (1, 2)
     assert kicked, "a claim asks for the pool to be refilled"
+
+
+def test_a_class_open_to_some_namespaces_keeps_a_pool_too() -> None:
+    """Warm engines belong to no namespace until claimed; the claimant's namespace was checked
+    against the selector before it claims."""
+    store = Store()
+    spec = {
+        "image": "docker:27-dind",
+        "warmPool": {"size": 1},
+        "namespaceSelector": {"matchLabels": {"team": "a"}},
+    }
+    known = {"standard": engine_class("standard", spec)}
+    pool = Pool(store, make_target().settings, known, [].append, lambda: NOW)  # type: ignore[arg-type]
+    pool.refill("standard")
+    assert len(pool.of_class("standard")) == 1
