@@ -96,6 +96,9 @@ class Pool:
             plan = warm.plan(pool, engine, self.of_class(class_name), now)
             for member, why in plan.drop:
                 self.discard(member, why)
+            # Before starting more: the status says what this process holds (one that just
+            # started holds none, whatever its predecessor last wrote).
+            self.write_status(class_name, pool)
             waiting = self._not_before.get(class_name)
             if pool is not None and engine is not None and (waiting is None or now >= waiting):
                 for _ in range(plan.start):

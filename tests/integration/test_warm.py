@@ -201,8 +201,10 @@ def test_buildjob_deleted_while_claiming_leaves_nothing(
 ) -> None:
     operator = restore_operator
     step = failpoints.WARM_STEPS[0]
-    full_pool(kube)
+    before = full_pool(kube)
     operator.restart(RDO_FAILPOINT=step)
+    # The restarted operator's own engines (it recycles those it did not start).
+    wait_for(lambda: not warm_namespaces(kube) & before, timeout=90, what="old engines recycled")
     warm = full_pool(kube)
     kube.create_buildjob(ns, "doomed", {"job": RUNS, "engine": {"className": warm_class}})
     wait_for(lambda: not operator.alive(), timeout=30, what=f"operator to die at {step}")
