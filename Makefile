@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
 .PHONY: help up down kind-up kind-down test test-unit test-integration test-e2e lint generate crds deps bins images venv \
-	bench bench-latency bench-scale
+	bench bench-latency bench-cache bench-scale
 
 help:
 	@echo "make up                a local cluster, the operator, and examples/hello.yaml run to the end"
@@ -22,8 +22,9 @@ help:
 	@echo "make generate          regenerate crds/, the chart's copies and the settings' values, schema,"
 	@echo "                       env and README table from the pydantic models (make crds: the same)"
 	@echo "make lint              ruff and mypy --strict"
-	@echo "make bench             both benchmarks below; tables in .artifacts/bench/"
-	@echo "make bench-latency     BuildJob vs a dind-sidecar pod on the real local cluster"
+	@echo "make bench             every benchmark below; tables in .artifacts/bench/"
+	@echo "make bench-latency     BuildJob (cold and warm-pool) vs a dind-sidecar pod on the real cluster"
+	@echo "make bench-cache       a build cold and on its cache key's kept volume; hit rate over keys"
 	@echo "make bench-scale       1,000 at once, restart with 2,000, RSS at 5,000, churn 2,000 (kwok)"
 
 # The package is installed editable, so the stamp covers this checkout's path as well.
@@ -82,10 +83,13 @@ kind-down:
 	cluster/kind-up.sh down
 
 # Benchmarks, not tests: they print figures and targets and never fail on a missed target.
-bench: bench-latency bench-scale
+bench: bench-latency bench-cache bench-scale
 
 bench-latency: venv deps bins images
 	cd bench && $(PY) latency.py
+
+bench-cache: venv deps bins images
+	cd bench && $(PY) cache.py
 
 bench-scale: venv bins
 	cd bench && $(PY) scale.py

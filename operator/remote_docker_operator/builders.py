@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import names
+from .cache import Volume
 from .certs import Issued
 from .classes import Engine
 from .config import Settings
@@ -198,7 +199,10 @@ def build_quota(t: Target) -> Manifest:
             "apiVersion": "v1",
             "kind": "ResourceQuota",
             "metadata": _meta(t, names.QUOTA),
-            "spec": {"hard": dict(QUOTA_HARD)},
+            # A cached engine's volume is its one claim.
+            "spec": {
+                "hard": {**QUOTA_HARD, "persistentvolumeclaims": "1" if t.engine.cache else "0"}
+            },
         }
     )
 
@@ -492,6 +496,8 @@ def dockerd_args(t: Target) -> list[str]:
     args += [f"--default-address-pool=base={b},size={n}" for b, n in engine.address_pools]
     if engine.mtu:
         args.append(f"--mtu={engine.mtu}")
+    if engine.cache:
+        args.append(f"--shutdown-timeout={CACHED_SHUTDOWN_SECONDS}")
     return args
 
 
@@ -499,11 +505,32 @@ def dockerd_args(t: Target) -> list[str]:
 # dockerd has no such script and needs none on the nodes where it runs. Unless the MTU is set,
 # Docker's networks take the pod interface's: Docker's default 1500 is too big on an overlay
 # network, where large packets from the engine's containers would vanish.
-_DIND_LAUNCHER = (
+_MTU = (
     'if [ -n "$MTU_FROM" ] && [ -r "/sys/class/net/$MTU_FROM/mtu" ]; then '
     'set -- "$@" "--mtu=$(cat "/sys/class/net/$MTU_FROM/mtu")"; fi; '
-    'if command -v dind >/dev/null; then exec dind dockerd "$@"; fi; exec dockerd "$@"'
 )
+_DIND_LAUNCHER = (
+    _MTU + 'if command -v dind >/dev/null; then exec dind dockerd "$@"; fi; exec dockerd "$@"'
+)
+# On a cache volume: dockerd runs as a child, so that once it has stopped cleanly (SIGTERM,
+# passed on) the volume's in-use marker goes; an engine killed, or one whose dockerd failed,
+# leaves it, and the next engine's cache-check empties the volume instead of trusting it.
+_CACHED_LAUNCHER = (
+    _MTU
+    + 'if command -v dind >/dev/null; then set -- dind dockerd "$@"; else set -- dockerd "$@"; '
+    + 'fi; "$@" & pid=$!; trap \'kill -TERM "$pid"\' TERM INT; wait "$pid"; rc=$?; '
+    + 'if kill -0 "$pid" 2>/dev/null; then wait "$pid"; rc=$?; fi; '
+    + f'if [ "$rc" -eq 0 ]; then rm -f /var/lib/docker/{names.CACHE_MARKER}; fi; exit "$rc"'
+)
+_CACHE_CHECK = (
+    f"m=/var/lib/docker/{names.CACHE_MARKER}; "
+    'if [ -e "$m" ]; then find /var/lib/docker -mindepth 1 -maxdepth 1 -exec rm -rf {} +; '
+    "echo discarded > /dev/termination-log; fi; "
+    ': > "$m"'
+)
+# A cached engine stops its containers within this, and then itself, inside its pod's grace.
+CACHED_SHUTDOWN_SECONDS = 10
+CACHED_GRACE_SECONDS = 30
 
 # The engine's own server keypair doubles as the probe's client keypair (its certificate carries
 # clientAuth too), so the probe proves a full mutual-TLS round trip without the job's keys.
@@ -529,7 +556,7 @@ def build_engine_pod(t: Target) -> Manifest:
     container: Manifest = {
         "name": names.ENGINE_CONTAINER,
         "image": engine.image,
-        "command": ["sh", "-c", _DIND_LAUNCHER, "dockerd"],
+        "command": ["sh", "-c", _CACHED_LAUNCHER if engine.cache else _DIND_LAUNCHER, "dockerd"],
         "args": dockerd_args(t),
         "env": env,
         "ports": [{"name": "docker-tls", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
@@ -548,26 +575,65 @@ def build_engine_pod(t: Target) -> Manifest:
     }
     if engine.image_pull_policy:
         container["imagePullPolicy"] = engine.image_pull_policy
+    data: Manifest = {"emptyDir": {"sizeLimit": engine.storage}}
+    spec: Manifest = {
+        **engine.placement,
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": t.pod_deadline_seconds,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": 10,
+        "containers": [container],
+    }
+    if engine.cache:
+        data = {"persistentVolumeClaim": {"claimName": names.CACHE_CLAIM}}
+        spec["terminationGracePeriodSeconds"] = CACHED_GRACE_SECONDS
+        check: Manifest = {
+            "name": names.CACHE_CHECK_CONTAINER,
+            "image": engine.image,
+            "command": ["sh", "-c", _CACHE_CHECK],
+            "volumeMounts": [{"name": "docker-data", "mountPath": "/var/lib/docker"}],
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+        }
+        if engine.image_pull_policy:
+            check["imagePullPolicy"] = engine.image_pull_policy
+        spec["initContainers"] = [check]
+    spec["volumes"] = [
+        {"name": "docker-data", **data},
+        {
+            "name": "engine-tls",
+            "secret": {"secretName": names.ENGINE_TLS_SECRET, "defaultMode": 0o400},
+        },
+    ]
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": _meta(t, names.ENGINE_POD, names.COMPONENT_ENGINE),
-        "spec": {
-            **engine.placement,
-            "restartPolicy": "Never",
-            "activeDeadlineSeconds": t.pod_deadline_seconds,
-            "automountServiceAccountToken": False,
-            "enableServiceLinks": False,
-            "terminationGracePeriodSeconds": 10,
-            "containers": [container],
-            "volumes": [
-                {"name": "docker-data", "emptyDir": {"sizeLimit": engine.storage}},
-                {
-                    "name": "engine-tls",
-                    "secret": {"secretName": names.ENGINE_TLS_SECRET, "defaultMode": 0o400},
-                },
-            ],
-        },
+        "spec": spec,
+    }
+
+
+def build_cache_claim(t: Target, volume: Volume | None) -> Manifest:
+    """The engine's claim on its cache: on the key's kept volume (already pre-bound to this
+    claim; asked for as it is, whatever the class says now), or a new one from the class's
+    StorageClass."""
+    cache = t.engine.cache
+    assert cache is not None, "only a cached engine has a cache claim"
+    labels = {**owner_labels(t, names.COMPONENT_ENGINE), names.LABEL_CACHE: cache.id}
+    spec: Manifest = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": volume.capacity if volume else cache.size}},
+    }
+    if volume:
+        spec["storageClassName"] = volume.storage_class
+        spec["volumeName"] = volume.name
+    elif cache.storage_class:
+        spec["storageClassName"] = cache.storage_class
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": names.CACHE_CLAIM, "namespace": t.job_namespace, "labels": labels},
+        "spec": spec,
     }
 
 

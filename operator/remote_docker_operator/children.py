@@ -193,6 +193,8 @@ class Children:
         failpoints.reached("service")
         self.ensure_tls(state, t, service["spec"].get("clusterIP"))
         failpoints.reached("tls")
+        if t.engine.cache is not None:
+            self.ensure(state, builders.build_cache_claim(t, state.cache_volume), check_first)
         state.provisioned = True
 
     def ensure(self, state: JobState, manifest: Obj, check_first: bool) -> Obj:

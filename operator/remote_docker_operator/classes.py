@@ -20,6 +20,18 @@ DEFAULT_REQUEST = {"cpu": "100m", "memory": "128Mi"}
 
 
 @dataclass(frozen=True)
+class Cache:
+    """A BuildJob's layer cache as its class keeps it (cache.py)."""
+
+    key: str  # spec.engine.cacheKey as given
+    id: str  # names.cache_id: per class and namespace
+    storage_class: str | None
+    size: str
+    retention_seconds: int
+    when_busy: str
+
+
+@dataclass(frozen=True)
 class Engine:
     """The engine a BuildJob gets: its spec within its class's bounds, with the class's
     defaults filled in. The builders read only this, never the class or the spec's engine."""
@@ -41,6 +53,7 @@ class Engine:
     placement: Obj  # nodeSelector, tolerations, affinity, runtimeClassName, priorityClassName
     resource_max: Obj
     default_request: Obj  # what a container that asks for nothing requests, within the maximum
+    cache: Cache | None = None  # /var/lib/docker on the key's kept volume, not an emptyDir
 
 
 def parse_class(body: Obj) -> EngineClassSpec | str:
@@ -176,6 +189,18 @@ def resolve(
         "runtimeClassName": cls.runtime_class_name,
         "priorityClassName": cls.priority_class_name,
     }
+    cache = None
+    if engine.cache_key:
+        if cls.cache is None:
+            raise refuse("cacheKey", "keeps no layer caches")
+        cache = Cache(
+            engine.cache_key,
+            names.cache_id(class_name, namespace, engine.cache_key),
+            cls.cache.storage_class_name,
+            cls.cache.size,
+            cls.cache.retention_seconds,
+            cls.cache.when_busy,
+        )
     probe = cls.network_policy_probe
     return Engine(
         class_name=class_name,
@@ -199,4 +224,5 @@ def resolve(
         placement={k: v for k, v in placement.items() if v},
         resource_max=resource_max,
         default_request=default_request,
+        cache=cache,
     )

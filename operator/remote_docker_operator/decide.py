@@ -43,6 +43,7 @@ class Known:
     for_client: bool = False  # a DockerEngine: no job pod of its own, a client pod instead
     client_bound: bool = False  # the client pod carries this engine's label
     warm: bool = False  # the engine was a warm one: its children exist, made for nobody
+    cache_to_keep: bool = False  # a cached engine whose volume is not kept for its key yet
 
     @property
     def phase(self) -> str | None:
@@ -109,6 +110,11 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class KeepCache:
+    """The engine runs: its cache volume is kept for its key (and the status says which)."""
+
+
+@dataclass(frozen=True)
 class StopPods:
     job_too: bool
 
@@ -128,6 +134,7 @@ Action = (
     | MakeQuota
     | Finish
     | StopPods
+    | KeepCache
     | DeleteNamespace
     | BindClient
     | Wait
@@ -153,8 +160,9 @@ def decide(k: Known) -> list[Action]:
     return []
 
 
-def start(t: builders.Target, start_time: str) -> SetStatus:
-    """Admitted: Provisioning, with what the user may want to know at once."""
+def start(t: builders.Target, start_time: str, cache_hit: bool | None = None) -> SetStatus:
+    """Admitted: Provisioning, with what the user may want to know at once (cache_hit: whether
+    a cached engine starts on its key's kept volume)."""
     fields: dict[str, Any] = {
         "startTime": start_time,
         "namespace": t.job_namespace,
@@ -163,6 +171,8 @@ def start(t: builders.Target, start_time: str) -> SetStatus:
     }
     if t.warm_id:
         fields["engine"]["warm"] = True
+    if t.engine.cache is not None:
+        fields["cache"] = {"key": t.engine.cache.key, "hit": bool(cache_hit)}
     if t.kind == names.DOCKER_ENGINE_KIND:
         fields["clientSecret"] = t.client_secret
     message = (
@@ -213,7 +223,8 @@ def _once_engine_ready(k: Known, actions: list[Action], running: SetStatus) -> l
         return actions
     # Last, once both pods exist: until the quota controller has counted a new quota, the
     # API server refuses every create in its namespace ("status unknown for quota").
-    return [*actions, MakeQuota(), running]
+    keep: list[Action] = [KeepCache()] if k.cache_to_keep else []
+    return [*actions, MakeQuota(), *keep, running]
 
 
 def provision_for_client(k: Known) -> list[Action]:

@@ -140,10 +140,13 @@ def _load(rec: Reconciler, logger: kopf.Logger) -> None:
     for body in found:
         rec.observe(body)
     _swept(rec.sweep_listed(managed, found, listed_after), logger)
+    rec.caches.expire()
 
 
 def sweep(rec: Reconciler, logger: logging.Logger | kopf.Logger) -> None:
     _swept(rec.sweep(), logger)
+    # Cache volumes unused past their retention: as rarely as the sweep, a cluster-wide list.
+    rec.caches.expire()
 
 
 def _swept(namespaces: list[str], logger: logging.Logger | kopf.Logger) -> None:

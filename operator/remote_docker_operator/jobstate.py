@@ -8,6 +8,7 @@ from pydantic import ValidationError
 from . import names
 from . import status as st
 from .builders import Target
+from .cache import Volume
 from .kube import Obj
 from .models import BuildJob, DockerEngine, DockerEngineSpec, EngineRequestSpec
 
@@ -30,6 +31,11 @@ class JobState:
     # The warm engine it claimed (builders.Target.warm_id): its children, labelled for that id
     # until the claim relabels them, are this one's.
     warm_id: str | None = None
+    # Its layer cache: whether a volume was looked for (and which kept one it got: None, a new
+    # one), and whether the one it runs on is kept for its key.
+    cache_taken: bool = False
+    cache_volume: Volume | None = None
+    cache_kept: bool = False
     # The BuildJob with its class resolved; set when it is admitted, or found running.
     target: Target | None = None
     deleting: bool = False
@@ -78,6 +84,11 @@ class JobState:
     @property
     def ready_condition(self) -> str:
         return st.READY if self.for_client else st.ENGINE_READY
+
+    @property
+    def cached(self) -> bool:
+        """Its engine's /var/lib/docker is a cache volume (spec.engine.cacheKey)."""
+        return self.spec is not None and self.spec.engine.cache_key is not None
 
     @property
     def ref(self) -> Obj:

@@ -33,6 +33,8 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "ResourceQuota": ("/api/v1", "resourcequotas"),
     "LimitRange": ("/api/v1", "limitranges"),
+    "PersistentVolume": ("/api/v1", "persistentvolumes"),
+    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Event": ("/api/v1", "events"),
     names.KIND: (f"/apis/{names.API_VERSION}", names.PLURAL),
     names.DOCKER_ENGINE_KIND: (f"/apis/{names.API_VERSION}", names.DOCKER_ENGINE_PLURAL),

@@ -163,6 +163,15 @@ class JobContainer(ApiModel):
     )
 
 
+# A cache's name as a tenant gives it: a repository's name fits (owner/repo, dots, dashes).
+CacheKey = Annotated[
+    str,
+    StringConstraints(
+        min_length=1, max_length=253, pattern=r"^[a-zA-Z0-9]([-a-zA-Z0-9._/]*[a-zA-Z0-9])?$"
+    ),
+]
+
+
 class EngineSpec(ApiModel):
     """The remote Docker engine (what CircleCI calls setup_remote_docker). What may be asked for
     here is bounded by the EngineClass: the platform admin's, not the tenant's, decision."""
@@ -209,6 +218,12 @@ class EngineSpec(ApiModel):
         | None
     ) = Field(None, max_length=16, description="dockerd --insecure-registry entries.")
     mtu: int | None = Field(None, ge=576, le=9216, description="dockerd --mtu.")
+    cache_key: CacheKey | None = Field(
+        None,
+        description="A layer cache to build with (say, the repository's name): the engine's "
+        "/var/lib/docker is a volume kept for this key between BuildJobs and DockerEngines of "
+        "this namespace and class, used by one engine at a time. The class must have a cache.",
+    )
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -359,6 +374,19 @@ class Condition(ApiModel):
     message: str = Field("", max_length=32768)
 
 
+class CacheStatus(ApiModel):
+    key: str | None = Field(None, description="spec.engine.cacheKey.")
+    hit: bool | None = Field(
+        None, description="Whether the engine started on the key's kept volume (else a new one)."
+    )
+    discarded: bool | None = Field(
+        None,
+        description="Whether the kept volume was emptied first: the engine that used it last "
+        "did not stop cleanly, so its layers could not be trusted.",
+    )
+    volume: str | None = Field(None, description="The PersistentVolume holding the cache.")
+
+
 class EngineStatus(ApiModel):
     endpoint: str | None = Field(None, description="DOCKER_HOST as the job sees it.")
     ready: bool = Field(False, description="Whether the engine answers over mutual TLS.")
@@ -376,6 +404,7 @@ class BuildJobStatus(ApiModel):
     namespace: str | None = Field(None, description="The engine's per-job namespace.")
     engine_class: str | None = Field(None, description="The EngineClass the engine runs with.")
     engine: EngineStatus | None = Field(None, description="The remote engine.")
+    cache: CacheStatus | None = Field(None, description="The layer cache (spec.engine.cacheKey).")
     job_pod: str | None = Field(
         None, description="Name of the job pod, in the BuildJob's namespace (kubectl logs NAME)."
     )
@@ -418,6 +447,7 @@ class DockerEngineStatus(ApiModel):
     namespace: str | None = Field(None, description="The engine's own namespace.")
     engine_class: str | None = Field(None, description="The EngineClass the engine runs with.")
     engine: EngineStatus | None = Field(None, description="The remote engine.")
+    cache: CacheStatus | None = Field(None, description="The layer cache (spec.engine.cacheKey).")
     client_secret: str | None = Field(
         None,
         description="The Secret in this namespace with DOCKER_HOST, DOCKER_TLS_VERIFY, "
@@ -620,6 +650,25 @@ class WarmPool(ApiModel):
     )
 
 
+class LayerCache(ApiModel):
+    storage_class_name: ObjectName | None = Field(
+        None, description="StorageClass of the cache volumes; unset: the cluster's default."
+    )
+    size: Quantity = Field("20Gi", description="Size of each cache volume.")
+    retention_seconds: int = Field(
+        604800,
+        ge=60,
+        le=31536000,
+        description="A cache volume no engine used for this long is deleted.",
+    )
+    when_busy: Literal["Fresh", "Wait"] = Field(
+        "Fresh",
+        description="When every volume of the key is in use by another engine: Fresh starts on "
+        "a new volume (kept for the key as well), Wait stays Pending (CacheBusy) until one is "
+        "free. Two engines never share one: dockerd does not survive that.",
+    )
+
+
 class EngineClassSpec(ApiModel):
     image: ImageRef = Field(
         description="The engine image when a BuildJob names neither engine.image nor "
@@ -684,6 +733,11 @@ class EngineClassSpec(ApiModel):
     )
     network_policy_probe: NetworkPolicyProbe = Field(
         default_factory=NetworkPolicyProbe, description="Check that NetworkPolicy is enforced."
+    )
+    cache: LayerCache | None = Field(
+        None,
+        description="Layer caches: BuildJobs and DockerEngines that name a spec.engine.cacheKey "
+        "get /var/lib/docker on a volume kept for that key. Unset: refused.",
     )
     warm_pool: WarmPool | None = Field(
         None,

@@ -69,6 +69,20 @@ ANNOTATION_JOB_ACCOUNT = f"{GROUP}/buildjob-account"
 # A hash of the manifest a child was built from (builders.stamped).
 ANNOTATION_BUILT_FROM = f"{GROUP}/built-from"
 
+# Layer caches (cache.py): a PersistentVolume kept for one (class, namespace, cacheKey), bound in
+# turn to a claim of this name in the job namespace of each engine that uses it. The label's value
+# is cache_id(); the annotations say the key as given, when it was last used, and how long an
+# unused one is kept.
+CACHE_CLAIM = "docker-cache"
+LABEL_CACHE = f"{GROUP}/cache"
+ANNOTATION_CACHE_KEY = f"{GROUP}/cache-key"
+ANNOTATION_LAST_USED = f"{GROUP}/last-used"
+ANNOTATION_RETENTION = f"{GROUP}/retention-seconds"
+# The engine pod's init container that empties a cache the previous engine did not stop cleanly
+# on, and the file on the volume that says an engine is (or was, until it stopped) using it.
+CACHE_CHECK_CONTAINER = "cache-check"
+CACHE_MARKER = ".remote-docker-in-use"
+
 COMPONENT_ENGINE = "engine"
 COMPONENT_JOB = "job"
 COMPONENT_CLIENT = "client"  # a DockerEngine's client Secret, beside its client pod
@@ -148,6 +162,12 @@ def pod_engine(pod: str) -> str:
     if len(pod) <= 63:
         return pod
     return pod[:50].rstrip("-.") + "-" + hashlib.sha256(pod.encode()).hexdigest()[:12]
+
+
+def cache_id(class_name: str, namespace: str, key: str) -> str:
+    """The cache a key names: per class and namespace, so one tenant's key never reaches
+    another's layers."""
+    return hashlib.sha256(f"{class_name}\n{namespace}\n{key}".encode()).hexdigest()[:16]
 
 
 def job_policy(buildjob: str) -> str:

@@ -15,9 +15,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 
-from . import builders, classes, decide, failpoints, metrics, names, pods, queue
+from . import builders, cache, classes, decide, failpoints, metrics, names, pods, queue
 from . import status as st
 from .builders import Target
+from .caches import Caches
 from .children import Children
 from .config import Settings
 from .decide import Action, Known
@@ -62,6 +63,7 @@ class Reconciler:
         self.namespaces: dict[str, str] = {}
         self.warm_ids: dict[str, str] = {}
         self.pool = Pool(kube, settings, self.classes, kick, clock)
+        self.caches = Caches(kube, clock)
         self._jobs_lock = threading.Lock()
         self._admission = threading.Lock()
         # Watch events arrive in the order objects were written, so this orders BuildJobs
@@ -228,13 +230,22 @@ class Reconciler:
             if waiting is not None:
                 self._set(state, decide.SetStatus("Pending", st.QUEUED, waiting))
                 return
-            if state.warm_id is None:
+            if state.warm_id is None and t.engine.cache is None:
                 self.pool.claim(state, t)
             if state.warm_id is not None:
                 state.target = t = replace(
                     t, job_namespace=state.job_namespace, warm_id=state.warm_id
                 )
-            self._set(state, decide.start(t, st.timestamp(self.clock())))
+            wanted = t.engine.cache
+            if wanted is not None and not state.cache_taken:
+                taken = self.caches.take(t)
+                if taken.busy:
+                    why = f"every volume of cache {wanted.key!r} is in use (cache.whenBusy: Wait)"
+                    self._set(state, decide.SetStatus("Pending", st.CACHE_BUSY, why))
+                    raise NotYet(why, 2)
+                state.cache_volume, state.cache_taken = taken.volume, True
+            hit = state.cache_volume is not None
+            self._set(state, decide.start(t, st.timestamp(self.clock()), hit))
             # Children are made only after Provisioning is written, so none exist yet: no
             # reads before creating them (a create that meets one anyway, 409, reads then). A
             # warm engine's all exist.
@@ -264,6 +275,7 @@ class Reconciler:
             for_client=state.for_client,
             client_bound=state.client_bound,
             warm=state.warm_id is not None,
+            cache_to_keep=state.cached and not state.cache_kept,
         )
 
     def _run(self, state: JobState, actions: list[Action]) -> None:
@@ -295,8 +307,14 @@ class Reconciler:
                     failpoints.reached("quota")
                 case decide.Finish():
                     self._finish(state)
+                case decide.KeepCache():
+                    self._keep_cache(state)
                 case decide.StopPods(job_too=job_too):
-                    self.children.delete(state, "Pod", names.ENGINE_POD, grace_period_seconds=5)
+                    # A cached engine gets its pod's grace to stop cleanly (cache.py says why).
+                    grace = None if state.cached else 5
+                    self.children.delete(state, "Pod", names.ENGINE_POD, grace_period_seconds=grace)
+                    if state.cached:
+                        self.caches.release(state.job_namespace)
                     if job_too:
                         self.children.delete_job_side(state, pod_only=True)
                     failpoints.reached("finished")
@@ -314,6 +332,26 @@ class Reconciler:
                         state.job_namespace,
                         ttl,
                     )
+
+    def _keep_cache(self, state: JobState) -> None:
+        t = self._target(state)
+        assert t.engine.cache is not None
+        volume = self.caches.keep(t)
+        state.cache_kept = True
+        discarded = cache.discarded(state.pods.get(names.ENGINE_POD))
+        hit = state.cache_volume is not None
+        entry = {"key": t.engine.cache.key, "hit": hit, "volume": volume, "discarded": discarded}
+        self._write(
+            state, {**state.status, "cache": {k: v for k, v in entry.items() if v is not None}}
+        )
+        if discarded:
+            self.events(
+                state.ref,
+                "Warning",
+                st.CACHE_DISCARDED,
+                f"cache {t.engine.cache.key!r}: volume {volume} was emptied before use: the "
+                "engine that used it last did not stop cleanly, so its layers were not trusted",
+            )
 
     @staticmethod
     def _target(state: JobState) -> Target:

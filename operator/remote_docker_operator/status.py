@@ -31,6 +31,10 @@ ENGINE_CLASS_NOT_FOUND = "EngineClassNotFound"
 ENGINE_CLASS_REFUSED = "EngineClassRefused"
 FOREIGN_OBJECT = "ForeignObject"
 NETWORK_POLICY_NOT_ENFORCED = "NetworkPolicyNotEnforced"
+# Every volume of the BuildJob's cacheKey is in use and its class says to wait.
+CACHE_BUSY = "CacheBusy"
+# An Event: the cache volume was emptied before use (its last engine did not stop cleanly).
+CACHE_DISCARDED = "CacheDiscarded"
 # A DockerEngine's.
 CLIENT_GONE = "ClientGone"
 CLIENT_POD_NOT_FOUND = "ClientPodNotFound"

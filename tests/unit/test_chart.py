@@ -688,6 +688,9 @@ EXPECTED_OPERATOR_RULES = {
     # patch on a job namespace's objects: a warm engine's, relabelled at its claim.
     ("", "resourcequotas", frozenset({"get", "create", "patch"})),
     ("", "limitranges", frozenset({"get", "create", "patch"})),
+    # Layer caches: each engine's claim, and the kept volumes.
+    ("", "persistentvolumeclaims", frozenset({"get", "create", "delete"})),
+    ("", "persistentvolumes", frozenset({"list", "patch"})),
     (names.GROUP, "buildjobs/status", frozenset({"patch"})),
     (names.GROUP, "dockerengines/status", frozenset({"patch"})),
     (names.GROUP, "engineclasses/status", frozenset({"patch"})),
