@@ -6,10 +6,12 @@ its class says so; a volume unused past its retention is handed back for deletio
 import json
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import new_client_from_config
 
 from remote_docker_operator import names
 from remote_docker_operator import status as st
@@ -164,10 +166,39 @@ def test_a_volume_unused_past_its_retention_is_handed_back(
     # One's last use a day ago (its retention is the class's default, a week: shortened here).
     stale = {names.ANNOTATION_LAST_USED: "2026-01-01T00:00:00Z", names.ANNOTATION_RETENTION: "60"}
     kube.core.patch_persistent_volume(used["stale"], {"metadata": {"annotations": stale}})
+
+    def handed_back(name: str) -> bool:
+        """Deleted, or about to be (with no provisioner here, the PV controller may delete
+        the object itself or mark it Failed)."""
+        try:
+            return bool(pv(kube, name).spec.persistent_volume_reclaim_policy == "Delete")
+        except ApiException as e:
+            if e.status == 404:
+                return True
+            raise
+
     wait_for(
-        lambda: pv(kube, used["stale"]).spec.persistent_volume_reclaim_policy == "Delete",
+        lambda: handed_back(used["stale"]),
         timeout=60,
         what="the stale volume handed back to its provisioner",
     )
     # Control: the one used just now, judged by the same sweep, is kept.
     assert pv(kube, used["fresh"]).spec.persistent_volume_reclaim_policy == "Retain"
+
+
+def test_operator_writes_only_cache_volumes(
+    kube: Kube, cached_class: str, operator_kubeconfig: Path, ns: str, volumes: list[str]
+) -> None:
+    """The operator may patch PersistentVolumes cluster-wide (RBAC cannot narrow it); the
+    chart's guard lets it change only its own cache volumes."""
+    as_operator = Kube(new_client_from_config(str(operator_kubeconfig)))
+    kube.create_buildjob(ns, "own", finishing("guarded", cached_class))
+    kept = kube.wait_phase(ns, "own", "Succeeded")["cache"]["volume"]
+    other = next(v for v in volumes if v != kept and not pv(kube, v).spec.claim_ref)
+    steal = {"spec": {"claimRef": {"namespace": "bj-x", "name": names.CACHE_CLAIM}}}
+    with pytest.raises(ApiException) as refused:
+        as_operator.core.patch_persistent_volume(other, steal, dry_run="All")
+    assert refused.value.status == 403, refused.value.body
+    assert "may write only" in (refused.value.body or ""), refused.value.body
+    # Control: its own cache volume it may change.
+    as_operator.core.patch_persistent_volume(kept, steal, dry_run="All")
