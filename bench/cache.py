@@ -12,19 +12,17 @@ first run misses; each later one hits if its volume was free).
 Run with `make bench-cache` (or `python bench/cache.py --help`).
 """
 
-import argparse
 import json
-import os
 import re
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-from common import ROOT, describe, percentile, report
+import common
+from common import ROOT, describe, on_real_cluster, percentile, report
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.config import new_client_from_config
-from localcluster import Cluster, Ports
+from localcluster import Cluster
 from tests.support import OperatorProcess, engine_class, uninstall_make_up
 
 from remote_docker_operator import names
@@ -49,20 +47,8 @@ MIXED = ("a", "b", "a", "c", "a", "b", "d", "a", "b", "c")
 
 
 def buildjob(name: str, key: str) -> dict[str, Any]:
-    return {
-        "apiVersion": names.API_VERSION,
-        "kind": names.KIND,
-        "metadata": {"name": name},
-        "spec": {
-            "job": {
-                "image": JOB_IMAGE,
-                "imagePullPolicy": "Never",
-                "command": ["bash", "-c", BUILD],
-            },
-            "engine": {"className": CLASS, "imagePullPolicy": "Never", "cacheKey": key},
-            "ttlSecondsAfterFinished": 0,
-        },
-    }
+    engine = {"className": CLASS, "imagePullPolicy": "Never", "cacheKey": key}
+    return common.buildjob(name, JOB_IMAGE, BUILD, engine)
 
 
 def run(custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, key: str) -> dict[str, Any]:
@@ -99,19 +85,7 @@ def run(custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, key: str)
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
-    cluster = Cluster(
-        Path(os.environ.get("RDO_CLUSTER_DIR", ROOT / ".artifacts" / "cluster")), Ports(), "real"
-    )
-    started_here = not cluster.running()
-    cluster.up()
-    try:
-        return measure(cluster, args.rounds)
-    finally:
-        if started_here:
-            cluster.down()
+    return on_real_cluster(measure, __doc__, rounds=5)
 
 
 def hand_back(core: CoreV1Api) -> None:

@@ -1,5 +1,6 @@
 """What both benchmarks share: BuildJob progress seen through a watch, percentiles, the table."""
 
+import argparse
 import collections
 import datetime
 import os
@@ -18,6 +19,8 @@ from urllib3.exceptions import ProtocolError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "operator"), str(ROOT / "cluster"), str(ROOT)]
+
+from localcluster import Cluster, Ports  # noqa: E402
 
 from remote_docker_operator import names  # noqa: E402
 
@@ -184,3 +187,36 @@ def report(title: str, rows: list[tuple[str, str, str]], notes: list[str]) -> st
     path.write_text(text)
     print(f"written to {path}")
     return text
+
+
+def on_real_cluster(measure: Callable[[Cluster, int], int], doc: str | None, rounds: int) -> int:
+    """A benchmark's command line (--rounds) on the real local cluster: the one running, or one
+    started (and stopped after) for it."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=rounds)
+    args = parser.parse_args()
+    cluster = Cluster(
+        Path(os.environ.get("RDO_CLUSTER_DIR", ROOT / ".artifacts" / "cluster")), Ports(), "real"
+    )
+    started_here = not cluster.running()
+    cluster.up()
+    try:
+        return measure(cluster, args.rounds)
+    finally:
+        if started_here:
+            cluster.down()
+
+
+def buildjob(name: str, image: str, script: str, engine: dict[str, Any]) -> dict[str, Any]:
+    """A BuildJob that runs `script` with bash in `image` (pulled never: built here) and is
+    cleaned up as soon as it ends."""
+    return {
+        "apiVersion": names.API_VERSION,
+        "kind": names.KIND,
+        "metadata": {"name": name},
+        "spec": {
+            "job": {"image": image, "imagePullPolicy": "Never", "command": ["bash", "-c", script]},
+            "engine": engine,
+            "ttlSecondsAfterFinished": 0,
+        },
+    }

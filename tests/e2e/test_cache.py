@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 from kubernetes.stream import stream
 
 from remote_docker_operator import names
@@ -113,13 +114,16 @@ def test_an_engine_killed_mid_build_does_not_poison_its_key(
     status = kube.wait_phase(ns, "killed", "Running", timeout=300)
     engine_ns = status["namespace"]
 
-    # The slow step has begun (BuildKit runs it in a container of its own, not `docker ps`'s).
-    wait_for(
-        lambda: "started" in job_log(kube, ns, "killed"),
-        timeout=120,
-        interval=1,
-        what="the build's slow step running",
-    )
+    def slow_step_begun() -> bool:
+        """(BuildKit runs it in a container of its own, not one `docker ps` shows.)"""
+        try:
+            return "started" in job_log(kube, ns, "killed")
+        except ApiException as e:
+            if e.status == 400:  # the job container has not started yet
+                return False
+            raise
+
+    wait_for(slow_step_begun, timeout=120, interval=1, what="the build's slow step running")
     stream(
         kube.core.connect_get_namespaced_pod_exec,
         names.ENGINE_POD,
