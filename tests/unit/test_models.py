@@ -5,7 +5,7 @@ import yaml
 from pydantic import ValidationError
 
 from remote_docker_operator import names
-from remote_docker_operator.models import BuildJob, BuildJobSpec, DockerEngine
+from remote_docker_operator.models import BuildJob, BuildJobSpec, DockerEngine, EngineClass
 
 
 def test_minimal_spec_gets_defaults() -> None:
@@ -118,5 +118,7 @@ def test_every_example_of_ours_is_one_the_models_accept(example: Path) -> None:
         d["kind"] == "Pod" and names.LABEL_ENGINE_REQUEST in d["metadata"]["labels"] for d in docs
     ), example.name
     for body in ours:
-        model = {"BuildJob": BuildJob, "DockerEngine": DockerEngine}[body["kind"]]
+        model = {"BuildJob": BuildJob, "DockerEngine": DockerEngine, "EngineClass": EngineClass}[
+            body["kind"]
+        ]
         model.model_validate(body)
