@@ -48,7 +48,8 @@ MIXED = ("a", "b", "a", "c", "a", "b", "d", "a", "b", "c")
 
 def buildjob(name: str, key: str) -> dict[str, Any]:
     engine = {"className": CLASS, "imagePullPolicy": "Never", "cacheKey": key}
-    return common.buildjob(name, JOB_IMAGE, BUILD, engine)
+    # Its log is read once it has ended: kept a while (the volume is freed as the engine stops).
+    return common.buildjob(name, JOB_IMAGE, BUILD, engine, ttl=600)
 
 
 def run(custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, key: str) -> dict[str, Any]:

@@ -207,9 +207,11 @@ def on_real_cluster(measure: Callable[[Cluster, int], int], doc: str | None, rou
             cluster.down()
 
 
-def buildjob(name: str, image: str, script: str, engine: dict[str, Any]) -> dict[str, Any]:
-    """A BuildJob that runs `script` with bash in `image` (pulled never: built here) and is
-    cleaned up as soon as it ends."""
+def buildjob(
+    name: str, image: str, script: str, engine: dict[str, Any], ttl: int = 0
+) -> dict[str, Any]:
+    """A BuildJob that runs `script` with bash in `image` (pulled never: built here), cleaned
+    up `ttl` seconds after it ends."""
     return {
         "apiVersion": names.API_VERSION,
         "kind": names.KIND,
@@ -217,6 +219,6 @@ def buildjob(name: str, image: str, script: str, engine: dict[str, Any]) -> dict
         "spec": {
             "job": {"image": image, "imagePullPolicy": "Never", "command": ["bash", "-c", script]},
             "engine": engine,
-            "ttlSecondsAfterFinished": 0,
+            "ttlSecondsAfterFinished": ttl,
         },
     }

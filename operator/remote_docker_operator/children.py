@@ -194,7 +194,14 @@ class Children:
         self.ensure_tls(state, t, service["spec"].get("clusterIP"))
         failpoints.reached("tls")
         if t.engine.cache is not None:
-            self.ensure(state, builders.build_cache_claim(t, state.cache_volume), check_first)
+            kept = state.cache_volume
+            built = builders.build_cache_claim(t, kept)
+            claim = self.ensure(state, built, check_first)
+            if kept is not None and (claim.get("status") or {}).get("phase") != "Bound":
+                # The PV controller binds a kept volume to its new claim (now and then only at
+                # its resync, 15 s); an engine pod made before that is unschedulable until the
+                # scheduler tries again, which may be later still.
+                raise NotYet(f"claim {names.CACHE_CLAIM} not bound to its volume yet", 0.2)
         state.provisioned = True
 
     def ensure(self, state: JobState, manifest: Obj, check_first: bool) -> Obj:
