@@ -111,17 +111,23 @@ def ttl_seconds(spec: EngineRequestSpec, settings: Settings) -> int:
     return settings.default_ttl_seconds if isinstance(spec, BuildJobSpec) else 0
 
 
-def owner_labels(t: Target, component: str | None = None) -> dict[str, str]:
+def owner(namespace: str, name: str, uid: str, kind: str) -> dict[str, str]:
+    """The labels that name a child's owner (a BuildJob's children carry no kind label, as
+    before DockerEngines existed)."""
     labels = {
-        names.LABEL_MANAGED_BY: names.APP,
-        names.LABEL_OWNER_NAMESPACE: t.namespace,
-        names.LABEL_OWNER_NAME: t.name,
-        names.LABEL_OWNER_UID: t.uid,
+        names.LABEL_OWNER_NAMESPACE: namespace,
+        names.LABEL_OWNER_NAME: name,
+        names.LABEL_OWNER_UID: uid,
     }
+    if kind != names.KIND:
+        labels[names.LABEL_OWNER_KIND] = kind
+    return labels
+
+
+def owner_labels(t: Target, component: str | None = None) -> dict[str, str]:
+    labels = {names.LABEL_MANAGED_BY: names.APP, **owner(t.namespace, t.name, t.uid, t.kind)}
     if component:
         labels[names.LABEL_COMPONENT] = component
-    if t.kind != names.KIND:
-        labels[names.LABEL_OWNER_KIND] = t.kind
     return labels
 
 

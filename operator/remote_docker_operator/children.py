@@ -386,12 +386,10 @@ class Children:
 def claim_patch(state: JobState, uid: str, **spec: object) -> Obj:
     """The merge patch that makes a warm engine's object (of this uid) the owner's: its owner
     labels, and `spec` fields if given."""
+    # The class's kind label goes (null), unless the owner's kind replaces it.
     labels: dict[str, str | None] = {
-        names.LABEL_OWNER_NAMESPACE: state.namespace,
-        names.LABEL_OWNER_NAME: state.name,
-        names.LABEL_OWNER_UID: state.uid,
-        # A BuildJob's children carry no kind label (as before DockerEngines existed).
-        names.LABEL_OWNER_KIND: None if state.kind == names.KIND else state.kind,
+        names.LABEL_OWNER_KIND: None,
+        **builders.owner(state.namespace, state.name, state.uid, state.kind),
     }
     patch: Obj = {"metadata": {"uid": uid, "labels": labels}}
     if spec:
