@@ -468,9 +468,12 @@ def _run_wait_script(
         'else echo "Cannot connect to the Docker daemon" >&2; fi; exit 1; fi\n'
         f"exit {0 if engine_ok else 1}\n"
     )
-    # The engine wait's half seconds pass at once; the probe's and the grace period's seconds
-    # take a tenth, so the two keep their proportions.
-    (bin_dir / "sleep").write_text('#!/bin/sh\n[ "$1" = 0.5 ] && exit 0\nexec /bin/sleep 0.1\n')
+    # The engine wait's half seconds pass at once; the probe's seconds and the grace period's
+    # tenths take a tenth, so the two keep their proportions.
+    (bin_dir / "sleep").write_text(
+        '#!/bin/sh\n[ "$1" = 0.5 ] && exit 0\n[ "$1" = 0.1 ] && exec /bin/sleep 0.01\n'
+        "exec /bin/sleep 0.1\n"
+    )
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     script = builders.build_job_pod(make_target())["spec"]["initContainers"][0]["command"][-1]
