@@ -39,7 +39,8 @@ $(STAMP): pyproject.toml
 deps:
 	cluster/install-deps.sh
 
-bins:
+# runc links libseccomp (deps).
+bins: deps
 	cluster/build-bins.sh
 
 images: deps

@@ -3,7 +3,7 @@
 # Usage: cluster/build-bins.sh [group...]   groups: control-plane kwok node tools (default: all)
 #   control-plane  etcd kube-apiserver kube-controller-manager kube-scheduler kubectl
 #   kwok           kwok (fake nodes for the integration tier)
-#   node           kubelet kube-proxy kube-router
+#   node           kubelet kube-proxy kube-router containerd containerd-shim-runc-v2 ctr runc
 #   tools          helm kind
 # A warm run (every binary already built) takes well under a second.
 set -euo pipefail
@@ -65,12 +65,12 @@ build_k8s() {
   for c in "$@"; do ln -sfn "$c-$K8S_VERSION" "$bin/$c"; done
 }
 
-go_install() { # name version package [ldflags [cache-tag]]
-  local name=$1 version=$2 pkg=$3 ldflags=${4:-} tag=${5:-$2}
+go_install() { # name version package [ldflags [cache-tag [build-tags]]]
+  local name=$1 version=$2 pkg=$3 ldflags=${4:-} tag=${5:-$2} tags=${6:-}
   if [ ! -x "$bin/$name-$tag" ]; then
     echo "building $name $version" >&2
     local tmp; tmp=$(mktemp -d)
-    GOBIN="$tmp" go install -trimpath -ldflags "-s -w $ldflags" "$pkg@$version"
+    GOBIN="$tmp" go install -trimpath -tags "$tags" -ldflags "-s -w $ldflags" "$pkg@$version"
     mv "$tmp/$name" "$bin/$name-$tag"
     rm -rf "$tmp"
   fi
@@ -89,7 +89,15 @@ for g in "${groups[@]}"; do
     node)
       build_k8s kubelet kube-proxy
       # NetworkPolicy enforcement in firewall-only mode (see versions.env on why this version).
-      go_install kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router ;;
+      go_install kube-router "$KUBE_ROUTER_VERSION" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+      # The container runtime (versions.env says why not Debian's).
+      for c in containerd containerd-shim-runc-v2 ctr; do
+        go_install "$c" "$CONTAINERD_VERSION" "github.com/containerd/containerd/v2/cmd/$c" \
+          "-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+      done
+      # runc applies seccomp profiles only when built with libseccomp (cgo; install-deps.sh).
+      CGO_ENABLED=1 go_install runc "$RUNC_VERSION" github.com/opencontainers/runc \
+        "-X main.version=${RUNC_VERSION#v}" "$RUNC_VERSION" seccomp ;;
     tools)
       # As Helm's Makefile does: without these, helm reports no version and assumes
       # Kubernetes v1.20 when rendering offline (and refuses charts needing newer).

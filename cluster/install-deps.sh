@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Debian packages the local cluster and the image builds need; installs only what is missing.
 set -euo pipefail
-packages=(containerd runc containernetworking-plugins iptables ipset conntrack debootstrap
-          busybox-static gcc libc6-dev)
+# containerd and runc are built (build-bins.sh); runc links libseccomp.
+packages=(containernetworking-plugins iptables ipset conntrack debootstrap
+          busybox-static gcc libc6-dev libseccomp-dev pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")

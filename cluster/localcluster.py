@@ -121,12 +121,17 @@ class Cluster:
             return None
         return pid
 
-    def start(self, name: str, argv: list[str]) -> None:
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         if self._pid(name):
             return
         log = (self.logs / f"{name}.log").open("ab")
         proc = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir, start_new_session=True
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.dir,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
         )
         (self.pids / name).write_text(str(proc.pid))
 

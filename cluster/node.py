@@ -59,7 +59,7 @@ class ControlPlane(Protocol):
     @property
     def pki(self) -> PKI: ...
 
-    def start(self, name: str, argv: list[str]) -> None: ...
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = ...) -> None: ...
     def stop(self, name: str, timeout: float = ...) -> None: ...
     def component_kubeconfig(self, name: str, cn: str, org: str | None = ...) -> Path: ...
     def kubectl(
@@ -197,7 +197,11 @@ state = "{self.dir / "containerd-state"}"
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{self.registry_hosts}"
 """)
-        self.c.start("containerd", ["containerd", "--config", str(config)])
+        # Its shims and runc are ours (build-bins.sh), found first on its PATH.
+        path = f"{self.bin}:{os.environ.get('PATH', '/usr/sbin:/usr/bin:/sbin:/bin')}"
+        self.c.start(
+            "containerd", [str(self.bin / "containerd"), "--config", str(config)], {"PATH": path}
+        )
         deadline = time.monotonic() + 30
         while not self.socket.exists():
             if time.monotonic() > deadline:
@@ -213,7 +217,7 @@ state = "{self.dir / "containerd-state"}"
     def traced_runc(self) -> Path:
         """The traced handler's runc: logs its arguments to traced_runc_log, then is runc."""
         wrapper = self.dir / "runc-traced"
-        runc = shutil.which("runc") or "/usr/sbin/runc"
+        runc = self.bin / "runc"
         wrapper.write_text(f'#!/bin/sh\necho "$*" >> {self.traced_runc_log}\nexec {runc} "$@"\n')
         wrapper.chmod(0o755)
         return wrapper
@@ -223,7 +227,7 @@ state = "{self.dir / "containerd-state"}"
         return self.dir / "runc-traced.log"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh("ctr", "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
+        return sh(str(self.bin / "ctr"), "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
 
     def import_images(self, images: dict[str, Path]) -> None:
         """Imports each {ref: archive} unless containerd holds that ref at the archive's
