@@ -227,7 +227,9 @@ state = "{self.dir / "containerd-state"}"
         return self.dir / "runc-traced.log"
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return sh(str(self.bin / "ctr"), "--address", str(self.socket), "-n", "k8s.io", *args, check=check)
+        return sh(
+            str(self.bin / "ctr"), "--address", str(self.socket), "-n", "k8s.io", *args, check=check
+        )
 
     def import_images(self, images: dict[str, Path]) -> None:
         """Imports each {ref: archive} unless containerd holds that ref at the archive's
