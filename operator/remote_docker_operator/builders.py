@@ -172,7 +172,8 @@ def build_namespace(t: Target) -> Manifest:
     labels[names.LABEL_ENGINE_CLASS] = t.engine.class_name
     if t.warm_id:
         labels[names.LABEL_WARM_ENGINE] = t.warm_id
-    # dind needs a privileged pod, and the engine is all this namespace holds.
+    # The engine is all this namespace holds, and it is not a baseline pod in either tier: a
+    # privileged one, or (UserNamespace) one with capabilities baseline does not allow.
     labels["pod-security.kubernetes.io/enforce"] = "privileged"
     return stamped(
         {
@@ -504,6 +505,11 @@ def dockerd_args(t: Target) -> list[str]:
         args.append(f"--mtu={engine.mtu}")
     if engine.cache:
         args.append(f"--shutdown-timeout={CACHED_SHUTDOWN_SECONDS}")
+    if engine.isolation == names.ISOLATION_USER_NAMESPACE:
+        # The pod's user namespace is the one RootlessKit would make. Rootless, dockerd gives
+        # its containers no cgroups of their own where it cannot make them: on a cgroup v1
+        # node the pod's cgroups belong to the node's root.
+        args.append("--rootless")
     return args
 
 
@@ -553,6 +559,19 @@ _READY_COMMAND = [
 ]
 
 
+# The UserNamespace tier's engine: root in the pod's own user namespace, an unprivileged uid on
+# the node. Its capabilities hold only there: dockerd mounts image layers and containers' root
+# filesystems (SYS_ADMIN) and builds their networks (NET_ADMIN). The runc it drives mounts each
+# container a fresh /proc, which the kernel refuses over a masked one (procMount), and joins a
+# session keyring, which the runtime's default seccomp profile refuses (Unconfined).
+USER_NAMESPACE_ENGINE: Manifest = {
+    "privileged": False,
+    "procMount": "Unmasked",
+    "capabilities": {"add": ["SYS_ADMIN", "NET_ADMIN"]},
+    "seccompProfile": {"type": "Unconfined"},
+}
+
+
 def build_engine_pod(t: Target) -> Manifest:
     engine = t.engine
     # Keep the official entrypoint's certificate generation out of the way.
@@ -591,6 +610,9 @@ def build_engine_pod(t: Target) -> Manifest:
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
     }
+    if engine.isolation == names.ISOLATION_USER_NAMESPACE:
+        spec["hostUsers"] = False
+        container["securityContext"] = USER_NAMESPACE_ENGINE
     if engine.cache:
         data = {"persistentVolumeClaim": {"claimName": names.CACHE_CLAIM}}
         spec["terminationGracePeriodSeconds"] = CACHED_GRACE_SECONDS

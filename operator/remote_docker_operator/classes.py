@@ -51,6 +51,7 @@ class Engine:
     probe_targets: tuple[str, ...] | None  # None: the probe is off; (): the API server
     max_per_namespace: int
     placement: Obj  # nodeSelector, tolerations, affinity, runtimeClassName, priorityClassName
+    isolation: str  # Privileged | UserNamespace
     resource_max: Obj
     default_request: Obj  # what a container that asks for nothing requests, within the maximum
     cache: Cache | None = None  # /var/lib/docker on the key's kept volume, not an emptyDir
@@ -222,6 +223,7 @@ def resolve(
         probe_targets=tuple(probe.targets or []) if probe.enabled else None,
         max_per_namespace=cls.max_engines_per_namespace,
         placement={k: v for k, v in placement.items() if v},
+        isolation=cls.isolation,
         resource_max=resource_max,
         default_request=default_request,
         cache=cache,

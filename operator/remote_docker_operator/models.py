@@ -685,6 +685,16 @@ class EngineClassSpec(ApiModel):
         "in the privileged tier: list only images you trust.",
     )
     image_pull_policy: PullPolicy | None = Field(None, description="Pull policy of the engine.")
+    isolation: Literal["Privileged", "UserNamespace"] = Field(
+        "Privileged",
+        description="How an engine is fenced from its node. Privileged: a privileged pod, so "
+        "whoever drives the engine (every job does) can become root on the node. "
+        "UserNamespace: an unprivileged pod in its own user namespace (hostUsers: false); root "
+        "in the engine is an unprivileged uid on the node, and its capabilities hold only in the "
+        "pod. Needs nodes with containerd >= 2.0 and runc >= 1.2; in it `docker run "
+        "--privileged` is refused and, on cgroup v1 nodes, the engine's containers get no "
+        "resource limits of their own (the engine pod's still hold).",
+    )
     daemon: DaemonPolicy = Field(
         default_factory=DaemonPolicy, description="dockerd settings and which a BuildJob may set."
     )

@@ -97,6 +97,8 @@ QUOTA = "engine-quota"
 LIMIT_RANGE = "engine-limits"
 JOB_CONTAINER = "job"
 ENGINE_CONTAINER = "dockerd"
+# EngineClass spec.isolation: the tier whose engine pod runs in its own user namespace.
+ISOLATION_USER_NAMESPACE = "UserNamespace"
 WAIT_CONTAINER = "wait-for-engine"
 # The webhook's init container in a client pod, and the volume with its client certificates.
 CLIENT_WAIT_CONTAINER = "remote-docker-wait"

@@ -143,6 +143,23 @@ def test_pod_security_levels(kube: Kube, pss_namespaces: dict[str, str], spec_na
     }, seen
 
 
+def test_user_namespace_engine_pod_security(kube: Kube, pss_namespaces: dict[str, str]) -> None:
+    """The UserNamespace tier's engine is not privileged, and fails baseline on exactly the
+    checks the README names: its capabilities (held only in its user namespace), its seccomp
+    profile and its /proc (this API server, 1.34, does not relax procMount for
+    user-namespaced pods without the UserNamespacesPodSecurityStandards gate)."""
+    t = support.make_target(
+        SPECS["minimal"],
+        {**ENGINE_CLASS, "image": "docker:27-dind", "isolation": "UserNamespace"},
+        uid=UID,
+    )
+    pod = builders.build_engine_pod(t)
+    seen = {level: _dry_run(kube, pss_namespaces[level], pod) for level in LEVELS}
+    assert seen["privileged"] == []
+    assert seen["baseline"] == ["non-default capabilities", "procMount", "seccompProfile"], seen
+    assert "privileged" not in seen["restricted"], seen
+
+
 # -- (b) no service-account tokens ------------------------------------------------------------
 
 

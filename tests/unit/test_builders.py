@@ -180,6 +180,26 @@ def test_engine_pod(target: Target) -> None:
     assert mounts == {"/var/lib/docker", "/certs/server"}
 
 
+def test_user_namespace_engine_pod() -> None:
+    t = make_target(engine_class={"image": "d", "isolation": "UserNamespace"})
+    spec = builders.build_engine_pod(t)["spec"]
+    [c] = spec["containers"]
+    assert spec["hostUsers"] is False
+    assert c["securityContext"] == {
+        "privileged": False,
+        "procMount": "Unmasked",
+        "capabilities": {"add": ["SYS_ADMIN", "NET_ADMIN"]},
+        "seccompProfile": {"type": "Unconfined"},
+    }
+    assert "--rootless" in c["args"]
+    assert "--tlsverify" in c["args"]
+    # The privileged tier is the default and unchanged.
+    default = builders.build_engine_pod(make_target(engine_class={"image": "d"}))["spec"]
+    assert "hostUsers" not in default
+    assert default["containers"][0]["securityContext"] == {"privileged": True}
+    assert "--rootless" not in default["containers"][0]["args"]
+
+
 def test_engine_options() -> None:
     versioned = {
         "image": "docker:27-dind",
