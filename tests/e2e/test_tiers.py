@@ -19,7 +19,7 @@ from remote_docker_operator import names
 
 from ..support import Kube, OperatorProcess, engine_class
 from .conftest import BUSYBOX, ENGINE_CLASS
-from .test_e2e import COMPOSE, LOAD_BUSYBOX, MULTI_STAGE, checks, run
+from .test_e2e import COMPOSE, LOAD_BUSYBOX, MULTI_STAGE, checks, job, job_log, run
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +61,15 @@ docker run --rm --network container:app {BUSYBOX} wget -qO- localhost:8080/hostn
 def test_user_namespace_engine_runs_what_a_ci_job_needs(
     kube: Kube, operator: OperatorProcess, ns: str, tiers: dict[str, str]
 ) -> None:
-    status, output = run(kube, ns, "userns", PATTERNS, **engine(tiers["UserNamespace"]))
+    kube.create_buildjob(ns, "userns", job(PATTERNS, **engine(tiers["UserNamespace"])))
+    # While the job runs: the engine pod is not privileged, in a user namespace of its own.
+    job_ns = kube.wait_phase(ns, "userns", "Running", timeout=300)["namespace"]
+    pod = kube.pod(job_ns, names.ENGINE_POD)
+    assert pod is not None
+    assert pod.spec.host_users is False
+    assert pod.spec.containers[0].security_context.privileged is False
+    status = kube.wait_phase(ns, "userns", "Succeeded", "Failed", timeout=300)
+    output = job_log(kube, ns, "userns")
     # The job's own exit code, after every pattern worked.
     assert (status["phase"], status["reason"], status["exitCode"]) == ("Failed", "JobFailed", 7), (
         status,
@@ -73,11 +81,6 @@ def test_user_namespace_engine_runs_what_a_ci_job_needs(
     assert "shared netns worked" in output
     assert re.search(r"^1000$", output, re.MULTILINE), output  # a container of a non-root user
     assert "served-by-web" in output
-    # The engine pod is not privileged, and runs in a user namespace of its own.
-    pod = kube.pod(status["namespace"], names.ENGINE_POD)
-    if pod is not None:  # it may already be gone: the job has ended
-        assert pod.spec.host_users is False
-        assert not pod.spec.containers[0].security_context.privileged
 
 
 def escape_script(device: str, fstype: str, marker: Path) -> str:
