@@ -1,6 +1,7 @@
 """The e2e tier: a real single-node cluster (cluster/localcluster.py --tier real) where pods
 really run, images built locally (images/build.py), and the operator as a real process."""
 
+import json
 import os
 import socket
 import sys
@@ -8,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes.config import new_client_from_config
@@ -127,3 +129,18 @@ def ns(kube: Kube) -> Iterator[str]:
     kube.create_namespace(name)
     yield name
     kube.core.delete_namespace(name)
+
+
+@pytest.fixture
+def classes(cluster: Any) -> Iterator[Any]:
+    """Applies EngineClasses (and other cluster objects) for one test; deletes them after."""
+    made: list[dict[str, Any]] = []
+
+    def apply(obj: dict[str, Any]) -> str:
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
+        made.append(obj)
+        return str(obj["metadata"]["name"])
+
+    yield apply
+    for obj in made:
+        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(obj))

@@ -1,8 +1,6 @@
 """What an EngineClass decides, on the real cluster: where engines run, with which runtime, and
 that a cluster which does not enforce NetworkPolicy runs no job at all."""
 
-import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,21 +16,6 @@ pytestmark = pytest.mark.e2e
 NODE = "rdo-node"
 POOL_LABEL = "rdo-test/pool"
 TAINT = "rdo-test/builders"
-
-
-@pytest.fixture
-def classes(cluster: Any) -> Iterator[Any]:
-    """Applies EngineClasses (and other cluster objects) for one test; deletes them after."""
-    made: list[dict[str, Any]] = []
-
-    def apply(obj: dict[str, Any]) -> str:
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-        made.append(obj)
-        return str(obj["metadata"]["name"])
-
-    yield apply
-    for obj in made:
-        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(obj))
 
 
 def scheduled(kube: Kube, namespace: str, pod: str) -> str | None:

@@ -5,11 +5,9 @@ the escape checks fail there; the same checks against the Privileged tier show w
 so the difference is on record. Every check runs from a job, through its own engine.
 """
 
-import json
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +24,13 @@ pytestmark = pytest.mark.e2e
 TIERS = ("Privileged", "UserNamespace")
 
 
-@pytest.fixture(scope="module")
-def tiers(cluster: Any) -> Iterator[dict[str, str]]:
+@pytest.fixture
+def tiers(classes: Any) -> dict[str, str]:
     """One EngineClass per tier: {isolation: class name}."""
-    made = {
-        tier: engine_class(f"tier-{tier.lower()}", {**ENGINE_CLASS, "isolation": tier})
+    return {
+        tier: classes(engine_class(f"tier-{tier.lower()}", {**ENGINE_CLASS, "isolation": tier}))
         for tier in TIERS
     }
-    for obj in made.values():
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(obj))
-    yield {tier: obj["metadata"]["name"] for tier, obj in made.items()}
-    for obj in made.values():
-        cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(obj))
 
 
 def engine(class_name: str) -> dict[str, Any]:
