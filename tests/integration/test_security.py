@@ -6,7 +6,6 @@ import functools
 import subprocess
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +17,11 @@ from remote_docker_operator.builders import Target
 
 from .. import support
 from ..support import ROOT, Kube, OperatorProcess, wait_for
-from .conftest import ENGINE_CLASS
+from .conftest import BIN, ENGINE_CLASS
 
 pytestmark = pytest.mark.integration
 
-HELM = Path("/var/cache/remote-docker-operator/bin/helm")
+HELM = BIN / "helm"
 UID = "0b5e6a52-2f9e-4c56-9a1d-7d3c2c1e9f00"
 LEVELS = ("privileged", "baseline", "restricted")
 
