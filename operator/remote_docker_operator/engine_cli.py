@@ -24,7 +24,7 @@ import ssl
 import sys
 import time
 import urllib.parse
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO, cast
 
@@ -35,6 +35,9 @@ from . import names
 from .cli import CliError, api_message, progress
 
 Obj = dict[str, Any]
+# Polls start fast and slow down: a warm engine is ready a quarter second after its create
+# call, a cold one in seconds, and a thousand waiting pods should not poll ten times a second.
+FIRST_POLL_SECONDS = 0.1
 POLL_SECONDS = 1.0
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The client Secret's keys that are the docker CLI's environment, and those that are files.
@@ -117,6 +120,14 @@ def export_lines(env: Mapping[str, str]) -> str:
 def env_file_lines(env: Mapping[str, str]) -> str:
     """KEY=VALUE lines, as GitHub Actions' $GITHUB_ENV and GitLab's dotenv reports read them."""
     return "".join(f"{k}={v}\n" for k, v in env.items())
+
+
+def poll_delays() -> Iterator[float]:
+    """0.1, 0.2, 0.4, 0.8, then 1 s for ever."""
+    delay = FIRST_POLL_SECONDS
+    while True:
+        yield delay
+        delay = min(delay * 2, POLL_SECONDS)
 
 
 def docker_ping(host: str, cert_dir: Path, timeout: float = 2.0) -> str | None:
@@ -224,14 +235,14 @@ class Waiter:
         """Until the engine answers from this pod: Ready means it answers its own probe, not
         that this pod's traffic is let through yet (a NetworkPolicy controller programs a
         pod's new label a moment later) or that its name resolves here."""
-        until, told = self.clock() + timeout, ""
+        until, told, delays = self.clock() + timeout, "", poll_delays()
         while (why := self.ping(host, cert_dir)) is not None:
             if why != told:
                 self.say(f"waiting for {host}: {why}")
                 told = why
             if self.clock() >= until:
                 raise CliError(f"{host} did not answer over mutual TLS in {timeout:.0f}s: {why}")
-            self.sleep(POLL_SECONDS)
+            self.sleep(next(delays))
         self.say(f"{host} answers over mutual TLS")
 
 
@@ -243,7 +254,7 @@ class Setup(Waiter):
     def wait_ready(self, namespace: str, name: str, timeout: float) -> Obj:
         """Polls the DockerEngine, telling each change, until it runs; CliError if it ends or
         the time is up."""
-        told, until = "", self.clock() + timeout
+        told, until, delays = "", self.clock() + timeout, poll_delays()
         while True:
             found = self.engines.get(namespace, name)
             if found is None:
@@ -259,10 +270,11 @@ class Setup(Waiter):
                 raise CliError(f"dockerengine {namespace}/{name} ended: {line}")
             if self.clock() >= until:
                 raise CliError(f"dockerengine {namespace}/{name} not ready after {timeout:.0f}s")
-            self.sleep(POLL_SECONDS)
+            self.sleep(next(delays))
 
     def setup(self, manifest: Obj, cert_root: Path, timeout: float) -> Obj:
         """Creates the DockerEngine, waits for it, writes its certificates; the environment."""
+        start = self.clock()
         created = self.engines.create(manifest)
         meta = created["metadata"]
         namespace, name = meta["namespace"], meta["name"]
@@ -276,6 +288,7 @@ class Setup(Waiter):
         env = client_environment(data, cert_dir, name)
         write_certs(data, cert_dir)
         self.wait_answers(env["DOCKER_HOST"], cert_dir, timeout)
+        self.say(f"dockerengine/{name}: usable {self.clock() - start:.2f}s after its create call")
         return env
 
 

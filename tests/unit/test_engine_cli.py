@@ -87,11 +87,15 @@ class FakeEngines:
 
 
 def setup_with(
-    statuses: list[dict[str, Any]], pings: list[str | None] | None = None
+    statuses: list[dict[str, Any]],
+    pings: list[str | None] | None = None,
+    slept: list[float] | None = None,
 ) -> tuple[Setup, io.StringIO]:
-    """`pings`: what each mutual-TLS call from the pod finds (None: the engine answered)."""
+    """`pings`: what each mutual-TLS call from the pod finds (None: the engine answered);
+    `slept` gets each pause asked for."""
     err = io.StringIO()
     ticks = iter(range(10_000))
+    pauses = [] if slept is None else slept
     engines: Any = FakeEngines(statuses)
     answers = list(pings or [None])
 
@@ -101,7 +105,7 @@ def setup_with(
         return answers.pop(0) if len(answers) > 1 else answers[0]
 
     setup = Setup(
-        engines, err=err, sleep=lambda _: None, clock=lambda: float(next(ticks)), ping=ping
+        engines, err=err, sleep=pauses.append, clock=lambda: float(next(ticks)), ping=ping
     )
     return setup, err
 
@@ -126,7 +130,22 @@ def test_setup_waits_writes_the_certificates_and_returns_the_environment(tmp_pat
         "dockerengine/runner-x1: Provisioning",
         "dockerengine/runner-x1: Running",
         f"{SECRET['DOCKER_HOST']} answers over mutual TLS",
+        # The fake clock ticks once a reading: 0 before the create call, 5 here.
+        "dockerengine/runner-x1: usable 5.00s after its create call",
     ]
+
+
+def test_setup_polls_fast_at_first_then_once_a_second(tmp_path: Path) -> None:
+    """A warm engine is ready in a fraction of a second: the first polls come quickly, and
+    the wait for an engine that takes long settles at one call a second."""
+    running = {"phase": "Running", "clientSecret": "runner-x1-dockerengine"}
+    slept: list[float] = []
+    setup, _ = setup_with([{}] * 7 + [running], ["timed out"] * 3 + [None], slept)
+    setup.setup(engine_cli.engine_manifest("ci", "runner"), tmp_path, 60)
+    # Seven polls of the DockerEngine before it runs, then three pings before it answers.
+    polls, pings = slept[:7], slept[7:]
+    assert polls == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0, 1.0]
+    assert pings == [0.1, 0.2, 0.4]
 
 
 def test_setup_returns_only_once_the_engine_answers_from_this_pod(tmp_path: Path) -> None:
@@ -135,7 +154,7 @@ def test_setup_returns_only_once_the_engine_answers_from_this_pod(tmp_path: Path
     running = {"phase": "Running", "clientSecret": "runner-x1-dockerengine"}
     setup, err = setup_with([running], ["timed out", "timed out", None])
     setup.setup(engine_cli.engine_manifest("ci", "runner"), tmp_path, 60)
-    assert err.getvalue().splitlines()[-2:] == [
+    assert err.getvalue().splitlines()[-3:-1] == [
         f"waiting for {SECRET['DOCKER_HOST']}: timed out",
         f"{SECRET['DOCKER_HOST']} answers over mutual TLS",
     ]
