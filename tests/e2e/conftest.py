@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes.config import new_client_from_config
 
+from remote_docker_operator import names
 from remote_docker_operator.models import DEFAULT_DENIED_CIDRS
 
 from ..support import (
@@ -27,6 +28,7 @@ from ..support import (
     uninstall_chart_identity,
     uninstall_make_up,
     unregister_webhook,
+    wait_for,
 )
 
 sys.path.insert(0, str(ROOT / "cluster"))
@@ -144,3 +146,22 @@ def classes(cluster: Any) -> Iterator[Any]:
     yield apply
     for obj in made:
         cluster.kubectl("delete", "-f", "-", "--ignore-not-found", input=json.dumps(obj))
+
+
+def released(kube: Kube, volume: str) -> bool:
+    return bool(kube.core.read_persistent_volume(volume).status.phase == "Released")
+
+
+def delete_kept_volumes(kube: Kube) -> None:
+    """Hands every kept cache volume back to the provisioner (which deletes its directory), as
+    the operator does once its retention has passed; after a test that made some."""
+    selector = f"{names.LABEL_MANAGED_BY}={names.APP},{names.LABEL_CACHE}"
+
+    def kept() -> list[Any]:
+        return list(kube.core.list_persistent_volume(label_selector=selector).items)
+
+    for pv in kept():
+        wait_for(lambda n=pv.metadata.name: released(kube, n), timeout=120, what="released")
+        policy = {"spec": {"persistentVolumeReclaimPolicy": "Delete"}}
+        kube.core.patch_persistent_volume(pv.metadata.name, policy)
+    wait_for(lambda: not kept(), timeout=120, what="the cache volumes deleted")

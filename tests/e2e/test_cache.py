@@ -15,7 +15,7 @@ from remote_docker_operator import names
 from remote_docker_operator import status as st
 
 from ..support import Kube, OperatorProcess, engine_class, wait_for
-from .conftest import BUSYBOX, ENGINE_CLASS
+from .conftest import BUSYBOX, ENGINE_CLASS, delete_kept_volumes, released
 from .test_e2e import LOAD_BUSYBOX, job, job_log
 
 pytestmark = pytest.mark.e2e
@@ -47,10 +47,6 @@ def spec(script: str, key: str) -> dict[str, Any]:
     return body
 
 
-def released(kube: Kube, volume: str) -> bool:
-    return bool(kube.core.read_persistent_volume(volume).status.phase == "Released")
-
-
 @pytest.fixture
 def cached_class(cluster: Any, kube: Kube, operator: OperatorProcess) -> Iterator[str]:
     cache = {"storageClassName": "local-path", "size": "5Gi"}
@@ -58,18 +54,7 @@ def cached_class(cluster: Any, kube: Kube, operator: OperatorProcess) -> Iterato
     cluster.kubectl("apply", "-f", "-", input=json.dumps(body))
     yield CLASS
     cluster.kubectl("delete", "engineclass", CLASS, "--ignore-not-found")
-    # Its kept volumes, handed back to the provisioner (which deletes their directories), as
-    # the operator does once their retention has passed.
-    selector = f"{names.LABEL_MANAGED_BY}={names.APP},{names.LABEL_CACHE}"
-
-    def kept() -> list[Any]:
-        return list(kube.core.list_persistent_volume(label_selector=selector).items)
-
-    for pv in kept():
-        wait_for(lambda n=pv.metadata.name: released(kube, n), timeout=120, what="released")
-        policy = {"spec": {"persistentVolumeReclaimPolicy": "Delete"}}
-        kube.core.patch_persistent_volume(pv.metadata.name, policy)
-    wait_for(lambda: not kept(), timeout=120, what="the cache volumes deleted")
+    delete_kept_volumes(kube)
 
 
 def run(kube: Kube, ns: str, name: str, script: str, key: str) -> tuple[dict[str, Any], str]:
