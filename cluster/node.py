@@ -294,6 +294,11 @@ state = "{self.dir / "containerd-state"}"
         )
         resolv = self.dir / "resolv.conf"
         resolv.write_text("# no upstream resolver: pods resolve cluster names only\n")
+        # The UserNamespace engine tier's Localhost seccomp profile, where a platform team puts
+        # it on its nodes: below the kubelet's seccomp directory.
+        profiles = self.dir / "kubelet" / "seccomp" / "remote-docker-operator"
+        profiles.mkdir(parents=True, exist_ok=True)
+        shutil.copy(HERE.parent / "seccomp" / "user-namespace-engine.json", profiles)
         config = self.dir / "kubelet.yaml"
         config.write_text(
             json.dumps(

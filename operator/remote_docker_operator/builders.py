@@ -563,7 +563,9 @@ _READY_COMMAND = [
 # the node. Its capabilities hold only there: dockerd mounts image layers and containers' root
 # filesystems (SYS_ADMIN) and builds their networks (NET_ADMIN). The runc it drives mounts each
 # container a fresh /proc, which the kernel refuses over a masked one (procMount), and joins a
-# session keyring, which the runtime's default seccomp profile refuses (Unconfined).
+# session keyring, which the runtime's default seccomp profile refuses with EPERM: Unconfined,
+# unless the class names a Localhost profile (seccomp/user-namespace-engine.json answers ENOSYS,
+# on which runc goes on without one).
 USER_NAMESPACE_ENGINE: Manifest = {
     "privileged": False,
     "procMount": "Unmasked",
@@ -612,7 +614,12 @@ def build_engine_pod(t: Target) -> Manifest:
     }
     if engine.isolation == names.ISOLATION_USER_NAMESPACE:
         spec["hostUsers"] = False
-        container["securityContext"] = USER_NAMESPACE_ENGINE
+        container["securityContext"] = {**USER_NAMESPACE_ENGINE}
+        if engine.seccomp_profile:
+            container["securityContext"]["seccompProfile"] = {
+                "type": "Localhost",
+                "localhostProfile": engine.seccomp_profile,
+            }
     if engine.cache:
         data = {"persistentVolumeClaim": {"claimName": names.CACHE_CLAIM}}
         spec["terminationGracePeriodSeconds"] = CACHED_GRACE_SECONDS

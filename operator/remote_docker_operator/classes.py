@@ -52,6 +52,7 @@ class Engine:
     max_per_namespace: int
     placement: Obj  # nodeSelector, tolerations, affinity, runtimeClassName, priorityClassName
     isolation: str  # Privileged | UserNamespace
+    seccomp_profile: str | None  # UserNamespace: a Localhost profile; None: Unconfined
     resource_max: Obj
     default_request: Obj  # what a container that asks for nothing requests, within the maximum
     cache: Cache | None = None  # /var/lib/docker on the key's kept volume, not an emptyDir
@@ -64,7 +65,7 @@ def parse_class(body: Obj) -> EngineClassSpec | str:
         return EngineClass.model_validate({"spec": body.get("spec")}).spec
     except ValidationError as e:
         first = e.errors()[0]
-        return "spec." + ".".join(str(p) for p in first["loc"][1:]) + ": " + first["msg"]
+        return ".".join(str(p) for p in first["loc"]) + ": " + first["msg"]
 
 
 def is_default(body: Obj) -> bool:
@@ -224,6 +225,7 @@ def resolve(
         max_per_namespace=cls.max_engines_per_namespace,
         placement={k: v for k, v in placement.items() if v},
         isolation=cls.isolation,
+        seccomp_profile=cls.seccomp_profile,
         resource_max=resource_max,
         default_request=default_request,
         cache=cache,

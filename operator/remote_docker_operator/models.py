@@ -669,7 +669,30 @@ class LayerCache(ApiModel):
     )
 
 
+# A Localhost seccomp profile: a path below the kubelet's seccomp directory. No segment starts
+# with a dot, so it cannot climb out of it.
+SeccompProfilePath = Annotated[
+    str,
+    StringConstraints(
+        max_length=253, pattern=r"^([a-zA-Z0-9_][-a-zA-Z0-9_.]*/)*[a-zA-Z0-9_][-a-zA-Z0-9_.]*$"
+    ),
+]
+
+
 class EngineClassSpec(ApiModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "!has(self.seccompProfile) || (has(self.isolation) && "
+                    f"self.isolation == '{names.ISOLATION_USER_NAMESPACE}')",
+                    f"seccompProfile is for isolation {names.ISOLATION_USER_NAMESPACE} only (a "
+                    "privileged engine is unconfined whatever its profile)",
+                    field_path=".seccompProfile",
+                )
+            ]
+        }
+    )
     image: ImageRef = Field(
         description="The engine image when a BuildJob names neither engine.image nor "
         "engine.version (pin it by digest)."
@@ -694,6 +717,13 @@ class EngineClassSpec(ApiModel):
         "pod. Needs nodes with containerd >= 2.0 and runc >= 1.2; in it `docker run "
         "--privileged` is refused and, on cgroup v1 nodes, the engine's containers get no "
         "resource limits of their own (the engine pod's still hold).",
+    )
+    seccomp_profile: SeccompProfilePath | None = Field(
+        None,
+        description="UserNamespace engines: the engine pod's Localhost seccomp profile, a path "
+        "under each node's kubelet seccomp directory (the project's "
+        "seccomp/user-namespace-engine.json is containerd's default profile for the engine's "
+        "capabilities, the kernel keyring answered as absent). Unset: Unconfined.",
     )
     daemon: DaemonPolicy = Field(
         default_factory=DaemonPolicy, description="dockerd settings and which a BuildJob may set."
@@ -755,6 +785,15 @@ class EngineClassSpec(ApiModel):
         "instead of waiting for a new engine. Each is handed out once, with a client "
         "certificate issued at the claim. Unset: none.",
     )
+
+    @model_validator(mode="after")
+    def _seccomp_profile_needs_user_namespace(self) -> "EngineClassSpec":
+        if self.seccomp_profile and self.isolation != names.ISOLATION_USER_NAMESPACE:
+            raise ValueError(
+                f"seccompProfile is for isolation {names.ISOLATION_USER_NAMESPACE} only (a "
+                "privileged engine is unconfined whatever its profile)"
+            )
+        return self
 
 
 class WarmPoolStatus(ApiModel):

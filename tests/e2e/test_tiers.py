@@ -15,21 +15,54 @@ import pytest
 
 from remote_docker_operator import names
 
-from ..support import Kube, OperatorProcess, engine_class
-from .conftest import BUSYBOX, ENGINE_CLASS
+from ..support import ROOT, Kube, OperatorProcess, engine_class, wait_for
+from .conftest import BUSYBOX, ENGINE_CLASS, delete_kept_volumes, released
+from .test_cache import BUILD as CACHED_BUILD
 from .test_e2e import COMPOSE, LOAD_BUSYBOX, MULTI_STAGE, checks, job, job_log, run
+from .test_published_ports import OPENED, PUBLISH
 
 pytestmark = pytest.mark.e2e
 
-TIERS = ("Privileged", "UserNamespace")
+# The profile the local cluster's kubelet has (cluster/node.py), as a platform team installs it.
+PROFILE = "remote-docker-operator/user-namespace-engine.json"
+# Each tier's class: the privileged default, and the UserNamespace tier unconfined (its default)
+# and with the project's seccomp profile.
+TIERS = {
+    "Privileged": {"isolation": "Privileged"},
+    "UserNamespace": {"isolation": "UserNamespace"},
+    "UserNamespace+seccomp": {"isolation": "UserNamespace", "seccompProfile": PROFILE},
+}
+
+
+def test_the_seccomp_profile_is_containerds_default_regenerated(tmp_path: Path) -> None:
+    """seccomp/user-namespace-engine.json is what seccomp/generate.sh makes of containerd's
+    default profile at the cluster's containerd version: regenerate it when that changes."""
+    fresh = tmp_path / "profile.json"
+    subprocess.run([ROOT / "seccomp" / "generate.sh", fresh], check=True)
+    committed = ROOT / "seccomp" / "user-namespace-engine.json"
+    assert fresh.read_text() == committed.read_text(), "run seccomp/generate.sh"
+
+
+def test_a_node_without_the_profile_fails_the_buildjob_with_the_kubelets_words(
+    kube: Kube, operator: OperatorProcess, ns: str, classes: Any
+) -> None:
+    """A class naming a profile the node lacks: the engine pod never starts, and the BuildJob
+    says why instead of waiting for its deadline."""
+    missing = "remote-docker-operator/not-installed.json"
+    spec = {**ENGINE_CLASS, "isolation": "UserNamespace", "seccompProfile": missing}
+    name = classes(engine_class("tier-missing-profile", spec))
+    kube.create_buildjob(ns, "missing", job("docker version", **engine(name)))
+    status = kube.wait_phase(ns, "missing", "Succeeded", "Failed", timeout=120)
+    assert status["phase"] == "Failed", status
+    assert "not-installed.json" in status["message"], status
 
 
 @pytest.fixture
 def tiers(classes: Any) -> dict[str, str]:
-    """One EngineClass per tier: {isolation: class name}."""
+    """One EngineClass per tier: {tier: class name}."""
     return {
-        tier: classes(engine_class(f"tier-{tier.lower()}", {**ENGINE_CLASS, "isolation": tier}))
-        for tier in TIERS
+        tier: classes(engine_class(f"tier-{i}", {**ENGINE_CLASS, **spec}))
+        for i, (tier, spec) in enumerate(TIERS.items())
     }
 
 
@@ -54,13 +87,20 @@ docker run --rm --network container:app {BUSYBOX} wget -qO- localhost:8080/hostn
 def test_user_namespace_engine_runs_what_a_ci_job_needs(
     kube: Kube, operator: OperatorProcess, ns: str, tiers: dict[str, str]
 ) -> None:
-    kube.create_buildjob(ns, "userns", job(PATTERNS, **engine(tiers["UserNamespace"])))
+    """With the seccomp profile (the tier unconfined, its default, runs the warm, cached and
+    published-ports test below)."""
+    kube.create_buildjob(ns, "userns", job(PATTERNS, **engine(tiers["UserNamespace+seccomp"])))
     # While the job runs: the engine pod is not privileged, in a user namespace of its own.
     job_ns = kube.wait_phase(ns, "userns", "Running", timeout=300)["namespace"]
     pod = kube.pod(job_ns, names.ENGINE_POD)
     assert pod is not None
     assert pod.spec.host_users is False
-    assert pod.spec.containers[0].security_context.privileged is False
+    context = pod.spec.containers[0].security_context
+    assert context.privileged is False
+    assert (context.seccomp_profile.type, context.seccomp_profile.localhost_profile) == (
+        "Localhost",
+        PROFILE,
+    )
     status = kube.wait_phase(ns, "userns", "Succeeded", "Failed", timeout=300)
     output = job_log(kube, ns, "userns")
     # The job's own exit code, after every pattern worked.
@@ -76,10 +116,69 @@ def test_user_namespace_engine_runs_what_a_ci_job_needs(
     assert "served-by-web" in output
 
 
+def test_user_namespace_engines_come_warm_cached_and_publish_ports(
+    kube: Kube, operator: OperatorProcess, ns: str, classes: Any
+) -> None:
+    """The tier with what else a class offers: a warm engine claimed and built on, a layer
+    cache found on the second run, published ports reached from the job."""
+    spec = {
+        **ENGINE_CLASS,
+        **TIERS["UserNamespace"],
+        "imagePullPolicy": "Never",
+        "warmPool": {"size": 1},
+        "cache": {"storageClassName": "local-path", "size": "5Gi"},
+    }
+    name = classes(engine_class("tier-userns-features", spec))
+
+    def warm_ready() -> bool:
+        body = kube.custom.get_cluster_custom_object(
+            names.GROUP, names.VERSION, names.CLASS_PLURAL, name
+        )
+        return bool(((body.get("status") or {}).get("warmPool") or {}).get("ready"))
+
+    try:
+        wait_for(warm_ready, timeout=180, what="a warm engine of the tier ready")
+        kube.create_buildjob(ns, "warm", job(MULTI_STAGE, **engine(name)))
+        running = kube.wait_phase(ns, "warm", "Running", timeout=120)
+        assert running["engine"]["warm"] is True, running
+        pod = kube.pod(running["namespace"], names.ENGINE_POD)
+        assert pod is not None
+        assert pod.spec.host_users is False
+        status = kube.wait_phase(ns, "warm", "Succeeded", "Failed", timeout=300)
+        output = job_log(kube, ns, "warm")
+        assert status["phase"] == "Succeeded", (status, output)
+        assert "built in stage one" in output, output
+        assert "buildx built" in output, output
+
+        # A cache key asks for more than the class's defaults: these engines start cold.
+        cached = {"engine": {**engine(name)["engine"], "cacheKey": "app"}}
+        first, cold = run(kube, ns, "cached-1", CACHED_BUILD, **cached)
+        assert (first["phase"], first["cache"]["hit"]) == ("Succeeded", False), (first, cold)
+        volume = first["cache"]["volume"]
+        wait_for(lambda: released(kube, volume), timeout=60, what=f"{volume} released")
+        second, warm = run(kube, ns, "cached-2", CACHED_BUILD, **cached)
+        assert (second["phase"], second["cache"]["hit"]) == ("Succeeded", True), (second, warm)
+        assert "CACHED" not in cold, cold
+        assert "CACHED" in warm, warm
+
+        status, output = run(kube, ns, "ports", PUBLISH, network=OPENED, **engine(name))
+        assert status["phase"] == "Succeeded", (status, output)
+        assert checks(output) == {
+            "ephemeral-port-given": "yes",
+            "fixed": "open",
+            "ephemeral": "open",
+            "unlisted": "closed",
+            "engine-api": "open",
+        }, output
+    finally:
+        delete_kept_volumes(kube)
+
+
 def escape_script(device: str, fstype: str, marker: Path) -> str:
     """CHECK lines: what uid 0 in the engine's containers is on the node; whether a privileged
     container in the engine starts at all, sees the node's block device, and writes a file on
-    the node's filesystem through it; whether the engine's host PID namespace is the node's."""
+    the node's filesystem through it; the seccomp mode of a container (2: filtered) by default
+    and when it asks for none; whether the engine's host PID namespace is the node's."""
     privileged = f"docker run --rm --privileged {BUSYBOX} sh -c"
     return (
         LOAD_BUSYBOX
@@ -92,6 +191,9 @@ check node-block-device "${{out:-refused}}"
 out=$({privileged} 'mkdir /node && mount -t {fstype} /dev/{device} /node \\
   && echo escaped > /node{marker} && echo written' 2>/dev/null)
 check node-file-write "${{out:-refused}}"
+seccomp() {{ docker run --rm "$@" {BUSYBOX} awk '/^Seccomp:/ {{print $2}}' /proc/self/status; }}
+check seccomp-default "$(seccomp)"
+check seccomp-unconfined "$(seccomp --security-opt seccomp=unconfined)"
 pids=$(docker run --rm --pid host {BUSYBOX} ps -o comm)
 case "$pids" in *dockerd*) check engine-pids visible;; *) check engine-pids hidden;; esac
 case "$pids" in *kubelet*) check node-pids visible;; *) check node-pids hidden;; esac
@@ -122,7 +224,7 @@ def test_escape_checks(
         status, output = run(
             kube,
             ns,
-            f"escape-{tier.lower()}",
+            f"escape-{tier.lower().replace('+', '-')}",
             escape_script(device, fstype, marker),
             **engine(tiers[tier]),
         )
@@ -132,8 +234,13 @@ def test_escape_checks(
     finally:
         marker.unlink(missing_ok=True)
     inside, outside, count = (int(n) for n in found.pop("uid-map").split(":"))
-    # Positive control for the PID check: the engine's own processes are seen either way.
+    # Positive controls: the engine's own processes are seen, and Docker filters a container's
+    # system calls by default, in every tier.
     assert found.pop("engine-pids") == "visible", output
+    assert found.pop("seccomp-default") == "2", output
+    # A container that asks Docker for no filter still has the engine pod's own, if it has one:
+    # seccomp filters are inherited and cannot be dropped.
+    assert found.pop("seccomp-unconfined") == ("2" if "seccompProfile" in TIERS[tier] else "0")
     if tier == "Privileged":
         # What the privileged tier exposes: uid 0 is the node's root; a privileged container
         # sees the node's disk and writes a file the node sees.

@@ -1,5 +1,6 @@
-"""EngineClass behaviour that is not an attack: a namespace's cap on concurrent engines, and a
-change of the namespace prefix that must not lose an existing BuildJob's namespace."""
+"""EngineClass behaviour that is not an attack: a namespace's cap on concurrent engines, a
+change of the namespace prefix that must not lose an existing BuildJob's namespace, and what the
+API server refuses in a class."""
 
 import json
 import uuid
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from remote_docker_operator import names
 
@@ -67,3 +69,41 @@ def test_prefix_change_keeps_existing_namespaces(
     # New BuildJobs get the new prefix.
     kube.create_buildjob(ns, "new", {"job": RUNS})
     assert kube.wait_phase(ns, "new", "Running")["namespace"].startswith("pp-")
+
+
+PROFILE = "remote-docker-operator/user-namespace-engine.json"
+
+
+@pytest.mark.parametrize(
+    ("spec", "refusal"),
+    [
+        ({"isolation": "UserNamespace", "seccompProfile": PROFILE}, None),
+        ({"seccompProfile": PROFILE}, "seccompProfile is for isolation UserNamespace only"),
+        (
+            {"isolation": "Privileged", "seccompProfile": PROFILE},
+            "seccompProfile is for isolation UserNamespace only",
+        ),
+        ({"isolation": "UserNamespace", "seccompProfile": "../../etc/profile.json"}, "should match"),
+        ({"isolation": "UserNamespace", "seccompProfile": "/abs/profile.json"}, "should match"),
+    ],
+    ids=["user-namespace", "default-tier", "privileged", "climbs-out", "absolute"],
+)
+def test_seccomp_profile_admission(kube: Kube, spec: dict[str, Any], refusal: str | None) -> None:
+    """A Localhost profile only for the tier it means something in, and only a path below the
+    kubelet's seccomp directory; the first case is the positive control."""
+    body = engine_class(f"seccomp-{uuid.uuid4().hex[:6]}", {**ENGINE_CLASS, **spec})
+
+    def create() -> None:
+        kube.custom.create_cluster_custom_object(
+            names.GROUP, names.VERSION, names.CLASS_PLURAL, body, dry_run="All"
+        )
+
+    if refusal is None:
+        create()
+        return
+    with pytest.raises(ApiException) as info:
+        create()
+    assert info.value.status == 422, info.value.body
+    message = json.loads(info.value.body)["message"]
+    assert "spec.seccompProfile" in message, message
+    assert refusal in message, message

@@ -200,6 +200,21 @@ def test_user_namespace_engine_pod() -> None:
     assert "--rootless" not in default["containers"][0]["args"]
 
 
+def test_user_namespace_engine_pod_with_a_seccomp_profile() -> None:
+    profile = "remote-docker-operator/user-namespace-engine.json"
+    t = make_target(
+        engine_class={"image": "d", "isolation": "UserNamespace", "seccompProfile": profile}
+    )
+    [c] = builders.build_engine_pod(t)["spec"]["containers"]
+    assert c["securityContext"]["seccompProfile"] == {
+        "type": "Localhost",
+        "localhostProfile": profile,
+    }
+    assert c["securityContext"]["capabilities"] == {"add": ["SYS_ADMIN", "NET_ADMIN"]}
+    # The shared default is not changed by one class's profile.
+    assert builders.USER_NAMESPACE_ENGINE["seccompProfile"] == {"type": "Unconfined"}
+
+
 def test_engine_options() -> None:
     versioned = {
         "image": "docker:27-dind",
