@@ -1,19 +1,22 @@
 """Latency on the real local cluster: a BuildJob against the pod a user would write by hand.
 
-Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) four
+Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) six
 times, one after the other: as a BuildJob that starts its engine cold, as a BuildJob of a class
 with a warm pool (it claims a warm engine), as a BuildJob of a UserNamespace class (its engine
-cold and unprivileged), and as one pod whose dind engine is a native sidecar (an init container
-with restartPolicy Always, so the pod completes when the job does) with a startup probe, so the
-job container starts once dockerd answers. The four take turns going first, so none always runs
-on a node another has just warmed. Before a warm run the pool is given time to be full again (it
+cold and unprivileged), as a CI pod of its own that runs `remote-docker setup` first (a
+DockerEngine, cold, then of the warm class: how a GitLab or Actions runner pod gets its engine),
+and as one pod whose dind engine is a native sidecar (an init container with restartPolicy
+Always, so the pod completes when the job does) with a startup probe, so the job container
+starts once dockerd answers. They take turns going first, so none always runs on a node another
+has just warmed. Before a warm run the pool is given time to be full again (it
 refills behind each claim, as it would between jobs); a run that found it empty anyway is
 counted as a miss. Milestones are seen by polling the API every 0.1 s; each is timed from just
 before the create call is sent (so the create call itself counts):
 
   engine Ready   BuildJob: the engine pod's Ready condition; baseline: the sidecar started
   job Running    the job container running: its init container's mutual-TLS call to the
-                 engine succeeded from the job pod (the baseline's: dockerd answered)
+                 engine succeeded from the job pod (the baseline's: dockerd answered; a CI
+                 pod's: `remote-docker setup` returned, its mutual-TLS call answered)
   done           BuildJob Succeeded; baseline: the job container exited 0 (the pod itself
                  ends seconds later, once its dockerd sidecar has shut down)
 
@@ -21,6 +24,7 @@ Run with `make bench-latency` (or `python bench/latency.py --help`).
 """
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -29,7 +33,7 @@ from typing import Any
 
 import common
 from common import ROOT, describe, on_real_cluster, percentile, report
-from kubernetes.client import CoreV1Api, CustomObjectsApi
+from kubernetes.client import CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
 from kubernetes.config import new_client_from_config
 from localcluster import Cluster
 from node import NODE_IP
@@ -54,10 +58,29 @@ MILESTONES = ("engine Ready", "job Running", "done")
 # the pod's wait-for-engine init container running, then ended (the kubelet sees each change at
 # its next relist, once a second).
 STEPS = ("job pod created", "wait running", "wait done")
-KINDS = ("BuildJob", "warm BuildJob", "user-namespace BuildJob", "baseline")
+# A CI pod's own figures: `remote-docker setup`'s run, and what it says of the engine (from the
+# DockerEngine's create call to the first mutual-TLS answer from the pod).
+RUNNER_MILESTONES = ("setup", "usable")
+KINDS = (
+    "BuildJob",
+    "warm BuildJob",
+    "user-namespace BuildJob",
+    "DockerEngine",
+    "warm DockerEngine",
+    "baseline",
+)
 WARM_CLASS = "bench-warm"
 USERNS_CLASS = "bench-userns"
 WARM_POOL = 2
+# A CI pod's ServiceAccount, allowed what README's `remote-docker setup` section asks.
+RUNNER_ACCOUNT = "ci-runner"
+# What a CI pod's script prints, on the node's clock (so the bench can place it on its own).
+SETUP_SCRIPT = """set -e
+echo "setup-start $(date +%s.%N)"
+engine_env=$(remote-docker setup --name "$POD_NAME" --class "$ENGINE_CLASS")
+eval "$engine_env"
+echo "setup-done $(date +%s.%N)"
+"""
 
 
 def buildjob(name: str, class_name: str | None = None) -> dict[str, Any]:
@@ -107,6 +130,54 @@ def baseline_pod(name: str) -> dict[str, Any]:
     }
 
 
+def runner_pod(name: str, class_name: str) -> dict[str, Any]:
+    """A CI system's job pod (a GitLab or Actions runner's), which gets its engine itself."""
+    env = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "ENGINE_CLASS", "value": class_name},
+    ]
+    job = {
+        "name": "job",
+        "image": JOB_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["bash", "-c", SETUP_SCRIPT + BUILD],
+        "env": env,
+    }
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": RUNNER_ACCOUNT,
+            "containers": [job],
+        },
+    }
+
+
+def runner_account(core: CoreV1Api, rbac: RbacAuthorizationV1Api, ns: str) -> None:
+    core.create_namespaced_service_account(ns, {"metadata": {"name": RUNNER_ACCOUNT}})
+    rules = [
+        {
+            "apiGroups": [names.GROUP],
+            "resources": [names.DOCKER_ENGINE_PLURAL],
+            "verbs": ["create", "get", "delete"],
+        },
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+    ]
+    rbac.create_namespaced_role(ns, {"metadata": {"name": RUNNER_ACCOUNT}, "rules": rules})
+    binding = {
+        "metadata": {"name": RUNNER_ACCOUNT},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": RUNNER_ACCOUNT,
+        },
+        "subjects": [{"kind": "ServiceAccount", "name": RUNNER_ACCOUNT, "namespace": ns}],
+    }
+    rbac.create_namespaced_role_binding(ns, binding)
+
+
 def container(pod: Any, name: str, init: bool = False) -> Any:
     statuses = (pod.status.init_container_statuses if init else pod.status.container_statuses) or []
     return next((s for s in statuses if s.name == name), None)
@@ -118,12 +189,15 @@ def started(pod: Any, name: str) -> bool:
 
 
 def follow(
-    checks: Callable[[], dict[str, bool]], t0: float, timeout: float = 300
+    checks: Callable[[], dict[str, bool]],
+    t0: float,
+    timeout: float = 300,
+    milestones: tuple[str, ...] = MILESTONES,
 ) -> dict[str, float]:
     """Polls until every milestone is reached; returns seconds from t0 (time.monotonic(), taken
     before the create call) to each (and to each step reached before the last milestone)."""
     seen: dict[str, float] = {}
-    while not all(m in seen for m in MILESTONES):
+    while not all(m in seen for m in milestones):
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"milestones reached: {seen}")
         for milestone, reached in checks().items():
@@ -203,6 +277,54 @@ def run_baseline(core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
 
 
+def run_runner(
+    custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, class_name: str
+) -> dict[str, float]:
+    """A CI pod that runs `remote-docker setup`, then the build. Its own clock marks when setup
+    returned ("job Running") and what setup says of the engine ("usable": from the
+    DockerEngine's create call to its first mutual-TLS answer from this pod)."""
+
+    def checks() -> dict[str, bool]:
+        pod = core.read_namespaced_pod(name, ns)
+        if pod.status.phase == "Failed":
+            raise RuntimeError(f"CI pod {name} failed: {log()}")
+        found = custom.list_namespaced_custom_object(
+            names.GROUP,
+            names.VERSION,
+            ns,
+            names.DOCKER_ENGINE_PLURAL,
+            field_selector=f"metadata.name={name}",
+        )["items"]
+        status = (found[0].get("status") or {}) if found else {}
+        warm["hit"] = warm["hit"] or bool((status.get("engine") or {}).get("warm"))
+        return {
+            # Succeeded: the pod ended (its engine with it) between two polls.
+            "engine Ready": status.get("phase") in ("Running", "Succeeded"),
+            "done": pod.status.phase == "Succeeded",
+        }
+
+    def log() -> str:
+        return str(core.read_namespaced_pod_log(name, ns, container="job"))
+
+    warm = {"hit": False}
+    t0, wall = time.monotonic(), time.time()
+    core.create_namespaced_pod(ns, runner_pod(name, class_name))
+    try:
+        seen = follow(checks, t0, milestones=("engine Ready", "done"))
+        lines = log().splitlines()
+    finally:
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    marks = dict(line.split(" ", 1) for line in lines if line.startswith("setup-"))
+    usable = next(m for line in lines if (m := re.search(r"usable ([0-9.]+)s after", line)))
+    return {
+        **seen,
+        "job Running": float(marks["setup-done"]) - wall,
+        "setup": float(marks["setup-done"]) - float(marks["setup-start"]),
+        "usable": float(usable[1]),
+        "warm": float(warm["hit"]),
+    }
+
+
 def order(round_: int) -> tuple[str, ...]:
     """The order of a round's runs: rotated, so each goes first as often as the others."""
     shift = round_ % len(KINDS)
@@ -235,6 +357,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
     custom, core = CustomObjectsApi(client), CoreV1Api(client)
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
+    runner_account(core, RbacAuthorizationV1Api(client), ns)
     op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator-bench.log", **ENV)
     op.start()
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
@@ -244,6 +367,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
         wait_pool(custom)
         run_buildjob(custom, core, ns, "warm-up-warm", WARM_CLASS)
         run_buildjob(custom, core, ns, "warm-up-userns", USERNS_CLASS)
+        run_runner(custom, core, ns, "warm-up-runner", "bench")
         run_baseline(core, ns, "warm-up")
         for i in range(rounds):
             run: dict[str, Callable[[], dict[str, float]]] = {
@@ -254,10 +378,14 @@ def measure(cluster: Cluster, rounds: int) -> int:
                 "user-namespace BuildJob": partial(
                     run_buildjob, custom, core, ns, f"userns-{i:02d}", USERNS_CLASS
                 ),
+                "DockerEngine": partial(run_runner, custom, core, ns, f"runner-{i:02d}", "bench"),
+                "warm DockerEngine": partial(
+                    run_runner, custom, core, ns, f"warm-runner-{i:02d}", WARM_CLASS
+                ),
                 "baseline": partial(run_baseline, core, ns, f"baseline-{i:02d}"),
             }
             for kind in order(i):
-                if kind == "warm BuildJob":
+                if kind.startswith("warm"):
                     wait_pool(custom)
                 results[kind].append(run[kind]())
             print(
@@ -273,9 +401,12 @@ def measure(cluster: Cluster, rounds: int) -> int:
     targets = {
         ("BuildJob", "engine Ready"): "p50 <= 3 s, p99 <= 6 s",
         ("warm BuildJob", "job Running"): "p50 <= 0.5 s, p99 <= 2 s",
+        ("warm DockerEngine", "usable"): "p50 <= 0.5 s, p99 <= 2 s",
     }
     for kind, runs in results.items():
-        for milestone in MILESTONES:
+        for milestone in MILESTONES + RUNNER_MILESTONES:
+            if milestone not in runs[0]:
+                continue
             values = [r[milestone] for r in runs]
             rows.append(
                 (
@@ -289,21 +420,26 @@ def measure(cluster: Cluster, rounds: int) -> int:
         ("BuildJob", "<= 1.2x"),
         ("warm BuildJob", "<= 0.9x"),
         ("user-namespace BuildJob", "-"),
+        ("DockerEngine", "-"),
+        ("warm DockerEngine", "<= 0.9x"),
     ):
         ratio = percentile([r["done"] for r in results[kind]], 50) / baseline
         rows.append((f"end to end, {kind} / baseline (p50)", f"{ratio:.2f}x", target))
-    hits = sum(int(r["warm"]) for r in results["warm BuildJob"])
-    rows.append(("warm BuildJobs that got a warm engine", f"{hits} / {rounds}", "-"))
+    for kind in ("warm BuildJob", "warm DockerEngine"):
+        hits = sum(int(r["warm"]) for r in results[kind])
+        rows.append((f"{kind}s that got a warm engine", f"{hits} / {rounds}", "-"))
     notes = [
         f"{rounds} rounds, each a cold BuildJob, a warm-pool BuildJob (pool of {WARM_POOL}), a "
-        "cold BuildJob of the UserNamespace tier and the baseline pod, one at a time, the order "
+        "cold BuildJob of the UserNamespace tier, a CI pod running `remote-docker setup` (cold, "
+        "then warm: the DockerEngine kinds) and the baseline pod, one at a time, the order "
         "rotated each round, "
         f"on the single-node cluster at {NODE_IP}; each milestone timed from before the "
         "create call.",
         *(
             f"{kind} {milestone}: {describe([r[milestone] for r in runs])}"
             for kind, runs in results.items()
-            for milestone in MILESTONES
+            for milestone in MILESTONES + RUNNER_MILESTONES
+            if milestone in runs[0]
         ),
         *(
             f"{kind} {step}: {describe([r[step] for r in results[kind]])}"

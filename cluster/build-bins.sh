@@ -41,12 +41,20 @@ build_wrapped() { # module version sibling-version ldflags name=cmd-package...
     # test dependencies of every package in the graph, hundreds of modules).
     touch "$mod/go.sum"
   fi
+  # One `go build` for all of them: it links one binary while it compiles for the next, where
+  # one build each would leave a core idle through every link.
+  local out="$mod/out" pkgs=() name pkg file
+  rm -rf "$out" && mkdir -p "$out"
+  for spec in "${missing[@]}"; do pkgs+=("${spec#*=}"); echo "building ${spec%%=*} $version" >&2; done
+  (cd "$mod" && go build -mod=mod -trimpath -ldflags "-s -w $ldflags" -o "$out/" "${pkgs[@]}")
   for spec in "${missing[@]}"; do
-    local name=${spec%%=*} pkg=${spec#*=}
-    echo "building $name $version" >&2
-    (cd "$mod" && go build -mod=mod -trimpath -ldflags "-s -w $ldflags" -o "$bin/$name-$version.tmp" "$pkg")
-    mv "$bin/$name-$version.tmp" "$bin/$name-$version"
+    name=${spec%%=*} pkg=${spec#*=}
+    # go names a binary after its package's last element, a major version's (/v3) the one before.
+    file=${pkg##*/}
+    [[ $file =~ ^v[0-9]+$ ]] && { file=${pkg%/*}; file=${file##*/}; }
+    mv "$out/$file" "$bin/$name-$version"
   done
+  rm -rf "$out"
 }
 
 # Without version ldflags the Kubernetes binaries report v0.0.0, which breaks version skew checks.
