@@ -39,6 +39,7 @@ Obj = dict[str, Any]
 # call, a cold one in seconds, and a thousand waiting pods should not poll ten times a second.
 FIRST_POLL_SECONDS = 0.1
 POLL_SECONDS = 1.0
+CONNECT_SECONDS = 0.3
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The client Secret's keys that are the docker CLI's environment, and those that are files.
 ENV_KEYS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY")
@@ -142,6 +143,15 @@ def docker_ping(host: str, cert_dir: Path, timeout: float = 2.0) -> str | None:
         conn = http.client.HTTPSConnection(
             url.hostname, url.port or names.ENGINE_PORT, context=context, timeout=timeout
         )
+        # A short connect: until the NetworkPolicy controller lets this pod in, its SYN is
+        # dropped, and a fresh one a moment later beats the kernel's 1 s retransmission.
+        raw = socket.create_connection((conn.host, conn.port), timeout=CONNECT_SECONDS)
+        try:
+            raw.settimeout(timeout)
+            conn.sock = context.wrap_socket(raw, server_hostname=conn.host)
+        except OSError:
+            raw.close()
+            raise
         try:
             conn.request("GET", "/_ping")
             response = conn.getresponse()
