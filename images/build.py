@@ -1074,6 +1074,29 @@ def produce_python_packages(
             env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"},
         )
         shutil.rmtree(target / "bin", ignore_errors=True)  # scripts for this machine's Python
+        # Compiled by the image's Python, where it will run: without the bytecode every new
+        # container compiles what it imports first (`remote-docker setup` spent about 3 s of
+        # its 4.7 s on the kubernetes package that way).
+        inside = root / target.relative_to(new)
+        inside.parent.mkdir(parents=True, exist_ok=True)
+        if inside.exists():
+            inside.rmdir()  # the image's own, empty: ours takes its place
+        shutil.move(target, inside)
+        with chroot_session(root):
+            run(
+                [
+                    "chroot",
+                    root,
+                    "python3",
+                    "-m",
+                    "compileall",
+                    "-q",
+                    "--invalidation-mode=unchecked-hash",
+                    f"/{target.relative_to(new)}",
+                ],
+                env=APT_ENV,
+            )
+        shutil.move(inside, target)
         for path in [new, *new.rglob("*")]:
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() or path.stat().st_mode & 0o111 else 0o644)
@@ -1106,7 +1129,13 @@ def plan_job() -> ImagePlan:
             "job-python",
             packages.key,
             JOB_PYTHON_PACKAGES,
-            code=(produce_python_packages, image_python, manylinux_platforms, write_layer),
+            code=(
+                produce_python_packages,
+                image_python,
+                manylinux_platforms,
+                chroot_session,
+                write_layer,
+            ),
         ),
         "pip install --target /usr/local/lib/python3.N/dist-packages "
         f"{' '.join(JOB_PYTHON_PACKAGES)}",
