@@ -23,7 +23,7 @@ help:
 	@echo "                       env and README table from the pydantic models (make crds: the same)"
 	@echo "make lint              ruff and mypy --strict"
 	@echo "make bench             every benchmark below; tables in .artifacts/bench/"
-	@echo "make bench-latency     BuildJob (cold and warm-pool) vs a dind-sidecar pod on the real cluster"
+	@echo "make bench-latency     BuildJob and DockerEngine (cold, warm) vs a dind-sidecar pod, real cluster"
 	@echo "make bench-cache       a build cold and on its cache key's kept volume; hit rate over keys"
 	@echo "make bench-scale       1,000 at once, restart with 2,000, RSS at 5,000, churn 2,000 (kwok)"
 

@@ -83,7 +83,10 @@ PROFILE = "remote-docker-operator/user-namespace-engine.json"
             {"isolation": "Privileged", "seccompProfile": PROFILE},
             "seccompProfile is for isolation UserNamespace only",
         ),
-        ({"isolation": "UserNamespace", "seccompProfile": "../../etc/profile.json"}, "should match"),
+        (
+            {"isolation": "UserNamespace", "seccompProfile": "../../etc/profile.json"},
+            "should match",
+        ),
         ({"isolation": "UserNamespace", "seccompProfile": "/abs/profile.json"}, "should match"),
     ],
     ids=["user-namespace", "default-tier", "privileged", "climbs-out", "absolute"],
