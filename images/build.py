@@ -1043,6 +1043,24 @@ def plan_dind() -> ImagePlan:
     return ImagePlan("dind", IMAGES["dind"], config, (plan_debian_base(),))
 
 
+def compile_in_image(root: Path, directory: str) -> None:
+    """Bytecode for every module under `directory`, by the image's own Python (its format);
+    hash-based, so nothing is ever checked against mtimes. Inside a chroot_session."""
+    run(
+        [
+            "chroot",
+            root,
+            "python3",
+            "-m",
+            "compileall",
+            "-q",
+            "--invalidation-mode=unchecked-hash",
+            directory,
+        ],
+        env=APT_ENV,
+    )
+
+
 def produce_python_packages(
     layers: Sequence[LayerPlan], requirements: Sequence[str], out: Path
 ) -> None:
@@ -1083,19 +1101,7 @@ def produce_python_packages(
             inside.rmdir()  # the image's own, empty: ours takes its place
         shutil.move(target, inside)
         with chroot_session(root):
-            run(
-                [
-                    "chroot",
-                    root,
-                    "python3",
-                    "-m",
-                    "compileall",
-                    "-q",
-                    "--invalidation-mode=unchecked-hash",
-                    f"/{target.relative_to(new)}",
-                ],
-                env=APT_ENV,
-            )
+            compile_in_image(root, f"/{target.relative_to(new)}")
         shutil.move(inside, target)
         for path in [new, *new.rglob("*")]:
             if not path.is_symlink():
@@ -1134,6 +1140,7 @@ def plan_job() -> ImagePlan:
                 image_python,
                 manylinux_platforms,
                 chroot_session,
+                compile_in_image,
                 write_layer,
             ),
         ),
@@ -1382,20 +1389,7 @@ def produce_operator_app(base: LayerPlan, sources: dict[str, Path], out: Path) -
                 if not path.is_symlink():
                     executable = path.is_dir() or path.stat().st_mode & 0o111
                     path.chmod(0o755 if executable else 0o644)
-            # By the image's Python; hash-based, so nothing is ever checked against mtimes.
-            run(
-                [
-                    "chroot",
-                    root,
-                    "python3",
-                    "-m",
-                    "compileall",
-                    "-q",
-                    "--invalidation-mode=unchecked-hash",
-                    f"/{OPERATOR_APP_DIR}",
-                ],
-                env=APT_ENV,
-            )
+            compile_in_image(root, f"/{OPERATOR_APP_DIR}")
             # Everything imports, as the operator's user, without writing anything.
             run(
                 [
@@ -1432,6 +1426,7 @@ def plan_operator_app(base: LayerPlan, checkout: Path = REPO_ROOT) -> LayerPlan:
                 manylinux_platforms,
                 pip_command,
                 operator_sources,
+                compile_in_image,
                 write_layer,
             ),
         ),
