@@ -33,11 +33,11 @@ from typing import Any
 
 import common
 from common import ROOT, describe, on_real_cluster, percentile, report
-from kubernetes.client import CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api
+from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.config import new_client_from_config
 from localcluster import Cluster
 from node import NODE_IP
-from tests.support import OperatorProcess, engine_class, uninstall_make_up
+from tests.support import SETUP_RULES, Kube, OperatorProcess, engine_class, uninstall_make_up
 
 from remote_docker_operator import names
 
@@ -90,6 +90,17 @@ def buildjob(name: str, class_name: str | None = None) -> dict[str, Any]:
     return common.buildjob(name, JOB_IMAGE, BUILD, engine)
 
 
+def job_container(script: str, env: list[dict[str, Any]]) -> dict[str, Any]:
+    """The job image running `script`: the baseline's job and a CI pod's alike."""
+    return {
+        "name": "job",
+        "image": JOB_IMAGE,
+        "imagePullPolicy": "Never",
+        "command": ["bash", "-c", script],
+        "env": env,
+    }
+
+
 def baseline_pod(name: str) -> dict[str, Any]:
     """What a user writes by hand: dind as a native sidecar, plain TCP on loopback."""
     docker = ["docker", "--host=tcp://127.0.0.1:2375"]
@@ -117,13 +128,7 @@ def baseline_pod(name: str) -> dict[str, Any]:
                 }
             ],
             "containers": [
-                {
-                    "name": "job",
-                    "image": JOB_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "command": ["bash", "-c", BUILD],
-                    "env": [{"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"}],
-                }
+                job_container(BUILD, [{"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"}])
             ],
             "volumes": [{"name": "docker", "emptyDir": {}}],
         },
@@ -136,13 +141,6 @@ def runner_pod(name: str, class_name: str) -> dict[str, Any]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "ENGINE_CLASS", "value": class_name},
     ]
-    job = {
-        "name": "job",
-        "image": JOB_IMAGE,
-        "imagePullPolicy": "Never",
-        "command": ["bash", "-c", SETUP_SCRIPT + BUILD],
-        "env": env,
-    }
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -150,32 +148,9 @@ def runner_pod(name: str, class_name: str) -> dict[str, Any]:
         "spec": {
             "restartPolicy": "Never",
             "serviceAccountName": RUNNER_ACCOUNT,
-            "containers": [job],
+            "containers": [job_container(SETUP_SCRIPT + BUILD, env)],
         },
     }
-
-
-def runner_account(core: CoreV1Api, rbac: RbacAuthorizationV1Api, ns: str) -> None:
-    core.create_namespaced_service_account(ns, {"metadata": {"name": RUNNER_ACCOUNT}})
-    rules = [
-        {
-            "apiGroups": [names.GROUP],
-            "resources": [names.DOCKER_ENGINE_PLURAL],
-            "verbs": ["create", "get", "delete"],
-        },
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    ]
-    rbac.create_namespaced_role(ns, {"metadata": {"name": RUNNER_ACCOUNT}, "rules": rules})
-    binding = {
-        "metadata": {"name": RUNNER_ACCOUNT},
-        "roleRef": {
-            "apiGroup": "rbac.authorization.k8s.io",
-            "kind": "Role",
-            "name": RUNNER_ACCOUNT,
-        },
-        "subjects": [{"kind": "ServiceAccount", "name": RUNNER_ACCOUNT, "namespace": ns}],
-    }
-    rbac.create_namespaced_role_binding(ns, binding)
 
 
 def container(pod: Any, name: str, init: bool = False) -> Any:
@@ -366,7 +341,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
     custom, core = CustomObjectsApi(client), CoreV1Api(client)
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
-    runner_account(core, RbacAuthorizationV1Api(client), ns)
+    Kube(client).grant(ns, RUNNER_ACCOUNT, *SETUP_RULES)
     op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator-bench.log", **ENV)
     op.start()
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}

@@ -168,6 +168,16 @@ class OperatorProcess:
 
 # What a CI runner's ServiceAccount needs for the webhook: the pod's engine is made in its name.
 CREATE_ENGINES = {"apiGroups": [names.GROUP], "resources": ["dockerengines"], "verbs": ["create"]}
+# What a CI runner's ServiceAccount needs for `remote-docker setup` (the README's rules):
+# DockerEngines, and reading the client Secret the operator writes for it.
+SETUP_RULES = (
+    {
+        "apiGroups": [names.GROUP],
+        "resources": ["dockerengines"],
+        "verbs": ["create", "get", "delete"],
+    },
+    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+)
 
 
 class Kube:

@@ -13,7 +13,7 @@ from kubernetes.stream import stream
 
 from remote_docker_operator import names
 
-from ..support import CREATE_ENGINES, ROOT, Kube, OperatorProcess, wait_for
+from ..support import CREATE_ENGINES, ROOT, SETUP_RULES, Kube, OperatorProcess, wait_for
 from .conftest import JOB_IMAGE
 from .test_e2e import COMPOSE, MULTI_STAGE, checks
 from .test_published_ports import PUBLISH
@@ -26,14 +26,8 @@ RUNNER_SA = "ci-runner"
 
 @pytest.fixture
 def runner_account(kube: Kube, ns: str) -> str:
-    """What a CI runner's ServiceAccount needs for `remote-docker setup`: DockerEngines, and
-    reading the client Secret the operator writes for it."""
-    kube.grant(
-        ns,
-        RUNNER_SA,
-        {"apiGroups": [names.GROUP], "resources": [DE], "verbs": ["create", "get", "delete"]},
-        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
-    )
+    """A CI runner's ServiceAccount, allowed what `remote-docker setup` needs."""
+    kube.grant(ns, RUNNER_SA, *SETUP_RULES)
     return RUNNER_SA
 
 
