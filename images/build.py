@@ -120,9 +120,8 @@ JOB_PACKAGES = (
     "python3",
 )
 # Python packages from PyPI in the job image (for its python3): testcontainers, so tests that
-# start their services with it run against the remote engine unchanged; kubernetes, the API
-# client of `remote-docker` (REMOTE_DOCKER_MODULES), the operator's own version.
-JOB_PYTHON_PACKAGES = ("testcontainers==4.15.0", "kubernetes==37.0.2")
+# start their services with it run against the remote engine unchanged.
+JOB_PYTHON_PACKAGES = ("testcontainers==4.15.0",)
 # The docker CLI plugins those packages install: `docker buildx`, `docker compose`.
 CLI_PLUGINS = (
     "usr/libexec/docker/cli-plugins/docker-buildx",
@@ -130,9 +129,9 @@ CLI_PLUGINS = (
 )
 BUSYBOX_IN_JOB = "images/busybox.tar"  # a docker-archive of the busybox image, in the job image
 # `remote-docker setup` in the job image (a CI runner's image of its own needs the package):
-# the modules engine_cli imports, which need only kubernetes (and its PyYAML, urllib3), beside
-# a launcher on PATH. Only these: a change elsewhere in the operator leaves the job image as is.
-REMOTE_DOCKER_MODULES = ("__init__.py", "names.py", "cli.py", "engine_cli.py")
+# the modules engine_cli imports, which need only Python's standard library in a pod, beside a
+# launcher on PATH. Only these: a change elsewhere in the operator leaves the job image as is.
+REMOTE_DOCKER_MODULES = ("__init__.py", "names.py", "clitext.py", "kubeapi.py", "engine_cli.py")
 REMOTE_DOCKER_DIR = "opt/remote-docker"
 REMOTE_DOCKER_BIN = "usr/local/bin/remote-docker"
 REMOTE_DOCKER_LAUNCHER = (

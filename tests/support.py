@@ -174,7 +174,7 @@ SETUP_RULES = (
     {
         "apiGroups": [names.GROUP],
         "resources": ["dockerengines"],
-        "verbs": ["create", "get", "delete"],
+        "verbs": ["create", "get", "watch", "delete"],
     },
     {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
 )

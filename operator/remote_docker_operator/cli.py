@@ -11,7 +11,6 @@ when the command itself could not do its work (the message says why); 2 for bad 
 """
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -24,14 +23,11 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from . import names
+from .clitext import CliError, api_message, progress
 
 Obj = dict[str, Any]
 POLL_SECONDS = 1.0
 TERMINAL = ("Succeeded", "Failed")
-
-
-class CliError(Exception):
-    """The command could not do what was asked; the message says why, for a person."""
 
 
 # -- pure: what a BuildJob's status means to the person at the terminal -----------------------
@@ -59,28 +55,12 @@ def load_buildjob(text: str, source: str, namespace: str) -> Obj:
     return body
 
 
-def progress(status: Obj) -> str:
-    """One line saying where the BuildJob is: its phase, and why when the operator says."""
-    phase = status.get("phase") or "Pending"
-    reason = status.get("reason") if status.get("reason") != phase else None
-    why = ": ".join(str(w) for w in (reason, status.get("message")) if w)
-    return f"{phase} ({why})" if why else phase
-
-
 def exit_code(status: Obj) -> int:
     """The job's own exit code; 1 when it failed without one (its engine never came up)."""
     code = status.get("exitCode")
     if isinstance(code, int):
         return code
     return 0 if status.get("phase") == "Succeeded" else 1
-
-
-def api_message(e: ApiException) -> str:
-    """The API server's own words (an admission refusal names the field)."""
-    try:
-        return str(json.loads(e.body or "")["message"])
-    except (ValueError, KeyError, TypeError):
-        return f"{e.status} {e.reason}"
 
 
 # -- act: the API calls -------------------------------------------------------------------------

@@ -17,6 +17,7 @@ the export lines alone to stdout. Exit codes: 0 ready (or torn down); 1 when it 
 import argparse
 import base64
 import http.client
+import itertools
 import os
 import shlex
 import socket
@@ -26,20 +27,18 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
-from . import names
-from .cli import CliError, api_message, progress
+from . import kubeapi, names
+from .clitext import CliError, api_message, progress
 
 Obj = dict[str, Any]
-# Polls start fast and slow down: a warm engine is ready a quarter second after its create
-# call, a cold one in seconds, and a thousand waiting pods should not poll ten times a second.
+# Tries from the pod while a NetworkPolicy controller lets it in: its SYNs are dropped until
+# then, and it programs a pod's new label in well under the FAST_POLLS' two seconds.
 FIRST_POLL_SECONDS = 0.1
+FAST_POLLS = 20
 POLL_SECONDS = 1.0
-CONNECT_SECONDS = 0.3
+CONNECT_SECONDS = 0.2
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The client Secret's keys that are the docker CLI's environment, and those that are files.
 ENV_KEYS = ("DOCKER_HOST", "DOCKER_TLS_VERIFY")
@@ -124,8 +123,9 @@ def env_file_lines(env: Mapping[str, str]) -> str:
 
 
 def poll_delays() -> Iterator[float]:
-    """0.1, 0.2, 0.4, 0.8, then 1 s for ever."""
-    delay = FIRST_POLL_SECONDS
+    """0.1 s for the first two seconds, then doubling to 1 s, and 1 s for ever."""
+    yield from itertools.repeat(FIRST_POLL_SECONDS, FAST_POLLS)
+    delay = FIRST_POLL_SECONDS * 2
     while True:
         yield delay
         delay = min(delay * 2, POLL_SECONDS)
@@ -169,52 +169,87 @@ def docker_ping(host: str, cert_dir: Path, timeout: float = 2.0) -> str | None:
 class Engines:
     """The API calls: DockerEngines and their client Secrets."""
 
-    def __init__(self, api: client.ApiClient) -> None:
-        self.custom = client.CustomObjectsApi(api)
-        self.core = client.CoreV1Api(api)
+    def __init__(self, api: kubeapi.Api) -> None:
+        self.api = api
+        # The account may not watch DockerEngines (the README's rules before `watch`): poll.
+        self.watch_refused = False
+
+    @staticmethod
+    def _path(namespace: str, name: str = "") -> str:
+        plural = f"/apis/{names.GROUP}/{names.VERSION}/namespaces/{namespace}/"
+        return plural + names.DOCKER_ENGINE_PLURAL + (f"/{name}" if name else "")
+
+    def _call(self, doing: str, method: str, path: str, body: Obj | None = None) -> Obj | None:
+        """The answer; None when the object is not there; CliError saying what we were doing
+        and why it failed."""
+        try:
+            return self.api.request(method, path, body)
+        except kubeapi.ApiError as e:
+            if e.status == 404 and method != "POST":
+                return None
+            raise CliError(f"{doing}: {api_message(e)}") from e
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            raise CliError(f"{doing}: the API server at {self.api.url}: {e}") from e
 
     def create(self, body: Obj) -> Obj:
         namespace = body["metadata"]["namespace"]
-        try:
-            return cast(
-                Obj,
-                self.custom.create_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, body
-                ),
-            )
-        except ApiException as e:
-            raise CliError(f"the API server refused the DockerEngine: {api_message(e)}") from e
+        created = self._call(
+            "the API server refused the DockerEngine", "POST", self._path(namespace), body
+        )
+        assert created is not None  # POST never reads as absent
+        return created
 
     def get(self, namespace: str, name: str) -> Obj | None:
-        try:
-            return cast(
-                Obj,
-                self.custom.get_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, name
-                ),
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise CliError(f"reading dockerengine {namespace}/{name}: {api_message(e)}") from e
+        return self._call(
+            f"reading dockerengine {namespace}/{name}", "GET", self._path(namespace, name)
+        )
+
+    def states(self, namespace: str, name: str, timeout: float) -> Iterator[Obj | None]:
+        """The DockerEngine now, then each version of it as the API server sees it change,
+        for about `timeout` seconds; None once it is deleted. A watch, not polls: a warm
+        engine is handed out in a fraction of a second, and a poll would lag it."""
+        until, delays = time.monotonic() + timeout, poll_delays()
+        while (left := until - time.monotonic()) > 0:
+            found = self.get(namespace, name)
+            yield found
+            if found is None:
+                return
+            if self.watch_refused:
+                time.sleep(min(next(delays), left))
+                continue
+            query = {
+                "fieldSelector": f"metadata.name={name}",
+                "resourceVersion": found["metadata"]["resourceVersion"],
+            }
+            try:
+                for event in self.api.watch(self._path(namespace), query, left):
+                    if event.get("type") == "DELETED":
+                        yield None
+                        return
+                    if event.get("type") not in ("ADDED", "MODIFIED"):
+                        break  # an ERROR (410: too old): read it afresh, watch again
+                    yield event["object"]
+            except TimeoutError:
+                return
+            except kubeapi.ApiError as e:
+                if e.status != 403:
+                    raise CliError(
+                        f"watching dockerengine {namespace}/{name}: {api_message(e)}"
+                    ) from e
+                self.watch_refused = True
+            except (OSError, http.client.HTTPException, ValueError):
+                time.sleep(POLL_SECONDS)  # the stream broke: read it afresh, watch again
 
     def delete(self, namespace: str, name: str) -> bool:
-        try:
-            self.custom.delete_namespaced_custom_object(
-                names.GROUP, names.VERSION, namespace, names.DOCKER_ENGINE_PLURAL, name
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return False
-            raise CliError(f"deleting dockerengine {namespace}/{name}: {api_message(e)}") from e
-        return True
+        path = self._path(namespace, name)
+        return self._call(f"deleting dockerengine {namespace}/{name}", "DELETE", path) is not None
 
     def secret(self, namespace: str, name: str) -> dict[str, str]:
-        try:
-            found = self.core.read_namespaced_secret(name, namespace)
-        except ApiException as e:
-            raise CliError(f"reading the client Secret {namespace}/{name}: {api_message(e)}") from e
-        return {k: base64.b64decode(v).decode() for k, v in (found.data or {}).items()}
+        doing = f"reading the client Secret {namespace}/{name}"
+        found = self._call(doing, "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        if found is None:
+            raise CliError(f"{doing}: not found")
+        return {k: base64.b64decode(v).decode() for k, v in (found.get("data") or {}).items()}
 
 
 def write_certs(secret_data: Mapping[str, str], cert_dir: Path) -> None:
@@ -262,11 +297,10 @@ class Setup(Waiter):
         self.engines = engines
 
     def wait_ready(self, namespace: str, name: str, timeout: float) -> Obj:
-        """Polls the DockerEngine, telling each change, until it runs; CliError if it ends or
-        the time is up."""
-        told, until, delays = "", self.clock() + timeout, poll_delays()
-        while True:
-            found = self.engines.get(namespace, name)
+        """Follows the DockerEngine, telling each change, until it runs; CliError if it ends,
+        goes, or the time is up."""
+        told = ""
+        for found in self.engines.states(namespace, name, timeout):
             if found is None:
                 raise CliError(f"dockerengine {namespace}/{name} was deleted while starting")
             status = found.get("status") or {}
@@ -278,9 +312,7 @@ class Setup(Waiter):
                 return status
             if status.get("phase") in ("Succeeded", "Failed"):
                 raise CliError(f"dockerengine {namespace}/{name} ended: {line}")
-            if self.clock() >= until:
-                raise CliError(f"dockerengine {namespace}/{name} not ready after {timeout:.0f}s")
-            self.sleep(next(delays))
+        raise CliError(f"dockerengine {namespace}/{name} not ready after {timeout:.0f}s")
 
     def setup(self, manifest: Obj, cert_root: Path, timeout: float) -> Obj:
         """Creates the DockerEngine, waits for it, writes its certificates; the environment."""
@@ -347,16 +379,11 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
-def connect() -> client.ApiClient:
-    """In a pod, its ServiceAccount; elsewhere kubectl's kubeconfig."""
+def connect() -> kubeapi.Api:
     try:
-        config.load_incluster_config()  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        try:
-            config.load_kube_config()  # type: ignore[no-untyped-call]
-        except (config.ConfigException, OSError) as e:
-            raise CliError(f"neither in a pod nor a usable kubeconfig: {e}") from e
-    return client.ApiClient()
+        return kubeapi.connect(os.environ)
+    except kubeapi.NotConfigured as e:
+        raise CliError(str(e)) from e
 
 
 def _sa_namespace() -> str | None:

@@ -30,7 +30,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from . import builders, names
-from .cli import api_message
+from .clitext import api_message
 from .engine_cli import ENGINE_VARIABLE, engine_manifest
 from .kube import Kube, Obj, path
 

@@ -270,7 +270,8 @@ def test_engine_and_job_images_are_built_from_trixies_docker() -> None:
 
 def test_remote_docker_modules_are_all_engine_cli_imports(tmp_path: Path) -> None:
     """The job image holds only REMOTE_DOCKER_MODULES of the package: engine_cli imports from
-    those alone (a relative import of any other module fails here as it would in the image)."""
+    those alone (a relative import of any other module fails here as it would in the image),
+    and nothing from outside the standard library (the job image has no kubernetes package)."""
     for name, source in build.remote_docker_sources().items():
         dest = tmp_path / name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -280,6 +281,7 @@ def test_remote_docker_modules_are_all_engine_cli_imports(tmp_path: Path) -> Non
         "import sys; sys.path.insert(0, sys.argv[1]); "
         "import remote_docker_operator.engine_cli as m; "
         "assert m.__file__.startswith(sys.argv[1]), m.__file__; "
+        "assert not {'kubernetes', 'yaml', 'urllib3'} & set(sys.modules), sys.modules; "
         "print(sorted(k for k in sys.modules if k.startswith('remote_docker_operator.')))"
     )
     out = subprocess.run(
