@@ -5,6 +5,7 @@ the escape checks fail there; the same checks against the Privileged tier show w
 so the difference is on record. Every check runs from a job, through its own engine.
 """
 
+import errno
 import re
 import subprocess
 import uuid
@@ -178,7 +179,9 @@ def escape_script(device: str, fstype: str, marker: Path) -> str:
     """CHECK lines: what uid 0 in the engine's containers is on the node; whether a privileged
     container in the engine starts at all, sees the node's block device, and writes a file on
     the node's filesystem through it; the seccomp mode of a container (2: filtered) by default
-    and when it asks for none; whether the engine's host PID namespace is the node's."""
+    and when it asks for none, and what io_uring_setup(2) gives it then (the errno: perl from
+    the engine's own filesystem makes the call); whether the engine's host PID namespace is
+    the node's."""
     privileged = f"docker run --rm --privileged {BUSYBOX} sh -c"
     return (
         LOAD_BUSYBOX
@@ -194,6 +197,10 @@ check node-file-write "${{out:-refused}}"
 seccomp() {{ docker run --rm "$@" {BUSYBOX} awk '/^Seccomp:/ {{print $2}}' /proc/self/status; }}
 check seccomp-default "$(seccomp)"
 check seccomp-unconfined "$(seccomp --security-opt seccomp=unconfined)"
+io_uring() {{ docker run --rm "$@" -v /:/engine:ro {BUSYBOX} chroot /engine \
+  perl -e 'syscall(425, 1, 0); print $!+0'; }}
+check io-uring-default "$(io_uring)"
+check io-uring-unconfined "$(io_uring --security-opt seccomp=unconfined)"
 pids=$(docker run --rm --pid host {BUSYBOX} ps -o comm)
 case "$pids" in *dockerd*) check engine-pids visible;; *) check engine-pids hidden;; esac
 case "$pids" in *kubelet*) check node-pids visible;; *) check node-pids hidden;; esac
@@ -240,7 +247,15 @@ def test_escape_checks(
     assert found.pop("seccomp-default") == "2", output
     # A container that asks Docker for no filter still has the engine pod's own, if it has one:
     # seccomp filters are inherited and cannot be dropped.
-    assert found.pop("seccomp-unconfined") == ("2" if "seccompProfile" in TIERS[tier] else "0")
+    profiled = "seccompProfile" in TIERS[tier]
+    assert found.pop("seccomp-unconfined") == ("2" if profiled else "0")
+    # io_uring_setup(2), which both Docker's and containerd's default profiles refuse (moby
+    # #46762: io_uring has been a way out of containers): refused by Docker's filter in every
+    # tier; with Docker's filter off it reaches the kernel (EFAULT, for its NULL argument: the
+    # positive control) unless the engine pod's own profile refuses it.
+    assert found.pop("io-uring-default") == str(errno.EPERM), output
+    expected = errno.EPERM if profiled else errno.EFAULT
+    assert found.pop("io-uring-unconfined") == str(expected), output
     if tier == "Privileged":
         # What the privileged tier exposes: uid 0 is the node's root; a privileged container
         # sees the node's disk and writes a file the node sees.
