@@ -720,9 +720,6 @@ UNPRIVILEGED: Manifest = {
 # The job pod starts with the engine, so this covers pulling the engine image as well; an
 # engine that cannot start fails the BuildJob long before (EngineFailed).
 WAIT_FOR_ENGINE_SECONDS = 600
-# Time limits of the wait's first `docker version` calls, growing so a slow but working call
-# (a busy node) still gets through; after them, calls without one.
-QUICK_TRIES = ("0.3", "0.3", "0.3", "0.3", "0.5", "0.5", "1", "2")
 
 
 # The wait container's exit code when a destination the policies deny answered: NetworkPolicy is
@@ -736,9 +733,13 @@ _PROBE_DONE = '"${TMPDIR:-/tmp}/.rdo-denied-unreachable"'
 
 # Whether host:port answers a TCP connection, with the only client every engine image has: the
 # docker CLI, without TLS. Anything but "cannot connect" (a TLS or HTTP error from the server)
-# means a connection was made; a dropped packet runs into the timeout.
+# means a connection was made; a dropped packet runs into the timeout. Every job waits out that
+# timeout once (a policy that drops does not answer), so it is short; a destination that does
+# answer does so in milliseconds, and the call is repeated while it does.
+PROBE_CALL_SECONDS = 1
 _REACHABLE = (
-    "reachable() { out=$(env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH timeout 2 "
+    "reachable() { out=$(env -u DOCKER_TLS_VERIFY -u DOCKER_CERT_PATH "
+    f"timeout {PROBE_CALL_SECONDS} "
     'docker --host "tcp://$1" version 2>&1); [ $? -ge 124 ] && return 1; '
     'case "$out" in *"Cannot connect"*|*"connection refused"*|*"no route to host"*'
     '|*"i/o timeout"*|*"network is unreachable"*) return 1;; esac; return 0; }; '
@@ -779,12 +780,8 @@ def _wait_for_engine(t: Target) -> Manifest:
     the class turns it off, it proves meanwhile that what the policies deny is unreachable."""
     probe = t.engine.probe_targets is not None
     script = _probe_start(t.engine.probe_targets or ()) if probe else ""
-    # The first tries are cut short: until the NetworkPolicy controller lets this new pod in
-    # (a fraction of a second) its SYN is dropped, and the kernel resends it only after 1 s.
     script += (
-        f"ok=; for t in {' '.join(QUICK_TRIES)}; do "
-        "timeout $t docker version >/dev/null 2>&1 && ok=1 && break; sleep 0.1; done; "
-        f'[ -n "$ok" ] || for i in $(seq {WAIT_FOR_ENGINE_SECONDS * 2}); do '
+        f"ok=; for i in $(seq {WAIT_FOR_ENGINE_SECONDS * 2}); do "
         "docker version >/dev/null 2>&1 && ok=1 && break; sleep 0.5; done; "
         '[ -n "$ok" ] || { echo "engine $DOCKER_HOST unreachable over mutual TLS" >&2; exit 1; }; '
     )

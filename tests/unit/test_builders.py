@@ -486,15 +486,10 @@ def test_probe_in_the_wait_container() -> None:
 
 
 def _run_wait_script(
-    tmp_path: Path,
-    probe_answer: str,
-    engine_ok: bool = True,
-    answers: int = 1000000,
-    engine_hangs: int = 0,
+    tmp_path: Path, probe_answer: str, engine_ok: bool = True, answers: int = 1000000
 ) -> tuple[int, str]:
     """Runs the wait container's script with stand-ins for docker and sleep: the engine call
-    (no --host) succeeds or fails, after its first `engine_hangs` calls hang (a dropped SYN);
-    a probe call (--host) prints probe_answer."""
+    (no --host) succeeds or fails; a probe call (--host) prints probe_answer."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     docker = bin_dir / "docker"
@@ -506,9 +501,6 @@ def _run_wait_script(
         'echo $((n+1)) > "$TMPDIR/calls"; '
         'if [ "$n" -lt "$ANSWERS" ]; then echo "$PROBE_ANSWER" >&2; '
         'else echo "Cannot connect to the Docker daemon" >&2; fi; exit 1; fi\n'
-        'n=$(cat "$TMPDIR/engine-calls" 2>/dev/null || echo 0); '
-        'echo $((n+1)) > "$TMPDIR/engine-calls"\n'
-        '[ "$n" -lt "$HANGS" ] && exec /bin/sleep 600\n'
         f"exit {0 if engine_ok else 1}\n"
     )
     # The engine wait's half seconds pass at once; the probe's seconds and the grace period's
@@ -527,7 +519,6 @@ def _run_wait_script(
         "KUBERNETES_SERVICE_PORT": "443",
         "TMPDIR": str(tmp_path),
         "ANSWERS": str(answers),
-        "HANGS": str(engine_hangs),
     }
     done = subprocess.run(
         ["sh", "-c", script], check=False, env=env, capture_output=True, text=True, timeout=60
@@ -555,14 +546,6 @@ def test_probe_fails_when_a_denied_destination_answers(tmp_path: Path) -> None:
 def test_probe_waits_for_a_policy_programmed_late(tmp_path: Path) -> None:
     answer = "Client sent an HTTP request to an HTTPS server."
     assert _run_wait_script(tmp_path, answer, answers=3) == (0, "")
-
-
-def test_the_first_engine_calls_are_cut_short(tmp_path: Path) -> None:
-    """Until the policies let the new pod in, its SYNs may be dropped: a call that hangs is
-    given up and made afresh (a new SYN), not left to the kernel's resend a second later."""
-    answer = "Cannot connect to the Docker daemon at tcp://[fd00::1]:443."
-    assert _run_wait_script(tmp_path, answer, engine_hangs=2) == (0, "")
-    assert (tmp_path / "engine-calls").read_text().strip() == "3"
 
 
 def test_engine_unreachable_still_exit_1(tmp_path: Path) -> None:
