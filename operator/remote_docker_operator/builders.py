@@ -457,11 +457,12 @@ def build_engine_service(t: Target) -> Manifest:
     """The engine's name. With published ports it is headless: the name then resolves to the
     engine pod itself, so a port a container publishes there (any port of a range, which a
     Service cannot list) is reached at the same host name as DOCKER_HOST, as testcontainers
-    expects."""
+    expects. Its address is published before the engine is Ready: the job's own wait is what
+    gates on the engine, and a Service that waited for readiness would add the endpoint
+    controller's and the service proxy's next sync (a second or more) to every cold start."""
     headless: Manifest = {}
     if t.spec.network.published_ports is not None:
-        # Resolvable before the pod is Ready: the job's own wait is what gates on the engine.
-        headless = {"clusterIP": "None", "publishNotReadyAddresses": True}
+        headless = {"clusterIP": "None"}
     return stamped(
         {
             "apiVersion": "v1",
@@ -470,6 +471,7 @@ def build_engine_service(t: Target) -> Manifest:
             "spec": {
                 "type": "ClusterIP",
                 **headless,
+                "publishNotReadyAddresses": True,
                 "selector": {
                     names.LABEL_OWNER_UID: t.uid,
                     names.LABEL_COMPONENT: names.COMPONENT_ENGINE,

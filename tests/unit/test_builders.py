@@ -149,7 +149,11 @@ def test_published_ports_open_to_the_job_only_and_the_name_resolves_to_the_engin
 
 def test_without_published_ports_the_engine_service_has_a_cluster_ip(target: Target) -> None:
     assert target.spec.network.published_ports is None
-    assert "clusterIP" not in builders.build_engine_service(target)["spec"]
+    spec = builders.build_engine_service(target)["spec"]
+    assert "clusterIP" not in spec
+    # Routed as soon as the engine pod has an address, not only once it is Ready: the job's
+    # wait retries until dockerd answers, and readiness would add the proxy's next sync.
+    assert spec["publishNotReadyAddresses"] is True
 
 
 def test_denied_cidrs_split_by_family() -> None:
