@@ -1,22 +1,26 @@
 """Latency on the real local cluster: a BuildJob against the pod a user would write by hand.
 
-Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) six
+Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) seven
 times, one after the other: as a BuildJob that starts its engine cold, as a BuildJob of a class
 with a warm pool (it claims a warm engine), as a BuildJob of a UserNamespace class (its engine
 cold and unprivileged), as a CI pod of its own that runs `remote-docker setup` first (a
 DockerEngine, cold, then of the warm class: how a GitLab or Actions runner pod gets its engine),
-and as one pod whose dind engine is a native sidecar (an init container with restartPolicy
-Always, so the pod completes when the job does) with a startup probe, so the job container
-starts once dockerd answers. They take turns going first, so none always runs on a node another
+as a CI pod labelled for an engine of the warm class, which the admission webhook gives one as
+the pod is created (no step: its init container waits until the engine answers), and as one pod
+whose dind engine is a native sidecar (an init container with restartPolicy Always, so the pod
+completes when the job does) with a startup probe, so the job container starts once dockerd
+answers. They take turns going first, so none always runs on a node another
 has just warmed. Before a warm run the pool is given time to be full again (it
 refills behind each claim, as it would between jobs); a run that found it empty anyway is
 counted as a miss. Milestones are seen by polling the API every 0.1 s; each is timed from just
 before the create call is sent (so the create call itself counts):
 
-  engine Ready   BuildJob: the engine pod's Ready condition; baseline: the sidecar started
+  engine Ready   BuildJob: the engine pod's Ready condition; baseline: the sidecar started;
+                 a CI pod's: its DockerEngine Running
   job Running    the job container running: its init container's mutual-TLS call to the
                  engine succeeded from the job pod (the baseline's: dockerd answered; a CI
-                 pod's: `remote-docker setup` returned, its mutual-TLS call answered)
+                 pod's: `remote-docker setup` returned, its mutual-TLS call answered; a
+                 labelled pod's: its container started after the webhook's init container)
   done           BuildJob Succeeded; baseline: the job container exited 0 (the pod itself
                  ends seconds later, once its dockerd sidecar has shut down)
 
@@ -35,14 +39,23 @@ import common
 from common import ROOT, describe, on_real_cluster, percentile, report
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.config import new_client_from_config
-from localcluster import Cluster
+from localcluster import BIN, Cluster, free_port
 from node import NODE_IP
-from tests.support import SETUP_RULES, Kube, OperatorProcess, engine_class, uninstall_make_up
+from tests.support import (
+    SETUP_RULES,
+    Kube,
+    OperatorProcess,
+    engine_class,
+    register_webhook,
+    uninstall_make_up,
+    unregister_webhook,
+)
 
 from remote_docker_operator import names
 
 ENGINE_IMAGE = "rdo.local/dind:26.1"
 JOB_IMAGE = "rdo.local/job:1"
+OPERATOR_IMAGE = "rdo.local/remote-docker-operator:0.1.0"  # the webhook's wait container
 BUSYBOX = "rdo.local/busybox:1.36"
 ENV: dict[str, str] = {}
 BUILD = f"""set -e
@@ -67,6 +80,7 @@ KINDS = (
     "user-namespace BuildJob",
     "DockerEngine",
     "warm DockerEngine",
+    "warm labelled pod",
     "baseline",
 )
 WARM_CLASS = "bench-warm"
@@ -149,6 +163,20 @@ def runner_pod(name: str, class_name: str) -> dict[str, Any]:
             "restartPolicy": "Never",
             "serviceAccountName": RUNNER_ACCOUNT,
             "containers": [job_container(SETUP_SCRIPT + BUILD, env)],
+        },
+    }
+
+
+def labelled_pod(name: str, class_name: str) -> dict[str, Any]:
+    """A CI pod that asks for its engine with a label: the webhook does the rest."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {names.LABEL_ENGINE_REQUEST: class_name}},
+        "spec": {
+            "restartPolicy": "Never",
+            "serviceAccountName": RUNNER_ACCOUNT,
+            "containers": [job_container(BUILD, [])],
         },
     }
 
@@ -252,6 +280,18 @@ def run_baseline(core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
 
 
+def engine_status(custom: CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
+    """The status of DockerEngine ns/name; {} while there is none."""
+    found = custom.list_namespaced_custom_object(
+        names.GROUP,
+        names.VERSION,
+        ns,
+        names.DOCKER_ENGINE_PLURAL,
+        field_selector=f"metadata.name={name}",
+    )["items"]
+    return dict(found[0].get("status") or {}) if found else {}
+
+
 def run_runner(
     custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, class_name: str
 ) -> dict[str, float]:
@@ -263,14 +303,7 @@ def run_runner(
         pod = core.read_namespaced_pod(name, ns)
         if pod.status.phase == "Failed":
             raise RuntimeError(f"CI pod {name} failed: {log()}")
-        found = custom.list_namespaced_custom_object(
-            names.GROUP,
-            names.VERSION,
-            ns,
-            names.DOCKER_ENGINE_PLURAL,
-            field_selector=f"metadata.name={name}",
-        )["items"]
-        status = (found[0].get("status") or {}) if found else {}
+        status = engine_status(custom, ns, name)
         warm["hit"] = warm["hit"] or bool((status.get("engine") or {}).get("warm"))
         return {
             # Succeeded: the pod ended (its engine with it) between two polls.
@@ -300,13 +333,38 @@ def run_runner(
     }
 
 
+def run_labelled(
+    custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, class_name: str
+) -> dict[str, float]:
+    def checks() -> dict[str, bool]:
+        pod = core.read_namespaced_pod(name, ns)
+        if pod.status.phase == "Failed":
+            raise RuntimeError(f"labelled pod {name} failed")
+        status = engine_status(custom, ns, name)
+        warm["hit"] = warm["hit"] or bool((status.get("engine") or {}).get("warm"))
+        return {
+            "engine Ready": status.get("phase") in ("Running", "Succeeded"),
+            "job Running": started(pod, "job"),
+            "done": pod.status.phase == "Succeeded",
+        }
+
+    warm = {"hit": False}
+    t0 = time.monotonic()
+    core.create_namespaced_pod(ns, labelled_pod(name, class_name))
+    try:
+        return {**follow(checks, t0), "warm": float(warm["hit"])}
+    finally:
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+
+
 def label(kind: str, milestone: str) -> str:
     """A figure's name: a CI pod's are timed from its own create call, but for its setup."""
     if milestone == "setup":
         return "`remote-docker setup`, start to end"
     if milestone == "usable":
         return "DockerEngine create call -> usable from the CI pod (setup's count)"
-    return f"{'CI pod ' if 'DockerEngine' in kind else ''}create call -> {milestone}"
+    ci_pod = "DockerEngine" in kind or "labelled" in kind
+    return f"{'CI pod ' if ci_pod else ''}create call -> {milestone}"
 
 
 def order(round_: int) -> tuple[str, ...]:
@@ -342,7 +400,11 @@ def measure(cluster: Cluster, rounds: int) -> int:
     ns = f"bench-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": ns}})
     Kube(client).grant(ns, RUNNER_ACCOUNT, *SETUP_RULES)
-    op = OperatorProcess(cluster.kubeconfig, cluster.logs / "operator-bench.log", **ENV)
+    helm = BIN / "helm"
+    webhook_env = register_webhook(cluster, helm, free_port(), OPERATOR_IMAGE, "Never")
+    op = OperatorProcess(
+        cluster.kubeconfig, cluster.logs / "operator-bench.log", **ENV, **webhook_env
+    )
     op.start()
     results: dict[str, list[dict[str, float]]] = {kind: [] for kind in KINDS}
     try:
@@ -352,6 +414,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
         run_buildjob(custom, core, ns, "warm-up-warm", WARM_CLASS)
         run_buildjob(custom, core, ns, "warm-up-userns", USERNS_CLASS)
         run_runner(custom, core, ns, "warm-up-runner", "bench")
+        run_labelled(custom, core, ns, "warm-up-labelled", "bench")
         run_baseline(core, ns, "warm-up")
         for i in range(rounds):
             run: dict[str, Callable[[], dict[str, float]]] = {
@@ -366,6 +429,9 @@ def measure(cluster: Cluster, rounds: int) -> int:
                 "warm DockerEngine": partial(
                     run_runner, custom, core, ns, f"warm-runner-{i:02d}", WARM_CLASS
                 ),
+                "warm labelled pod": partial(
+                    run_labelled, custom, core, ns, f"labelled-{i:02d}", WARM_CLASS
+                ),
                 "baseline": partial(run_baseline, core, ns, f"baseline-{i:02d}"),
             }
             for kind in order(i):
@@ -379,6 +445,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
             )
     finally:
         op.stop()
+        unregister_webhook(cluster, helm)
         cluster.kubectl("delete", "engineclass", WARM_CLASS, USERNS_CLASS, "--ignore-not-found")
         core.delete_namespace(ns)
     rows: list[tuple[str, str, str]] = []
@@ -406,16 +473,18 @@ def measure(cluster: Cluster, rounds: int) -> int:
         ("user-namespace BuildJob", "-"),
         ("DockerEngine", "-"),
         ("warm DockerEngine", "<= 0.9x"),
+        ("warm labelled pod", "-"),
     ):
         ratio = percentile([r["done"] for r in results[kind]], 50) / baseline
         rows.append((f"end to end, {kind} / baseline (p50)", f"{ratio:.2f}x", target))
-    for kind in ("warm BuildJob", "warm DockerEngine"):
+    for kind in ("warm BuildJob", "warm DockerEngine", "warm labelled pod"):
         hits = sum(int(r["warm"]) for r in results[kind])
         rows.append((f"{kind}s that got a warm engine", f"{hits} / {rounds}", "-"))
     notes = [
         f"{rounds} rounds, each a cold BuildJob, a warm-pool BuildJob (pool of {WARM_POOL}), a "
         "cold BuildJob of the UserNamespace tier, a CI pod running `remote-docker setup` (cold, "
-        "then warm: the DockerEngine kinds) and the baseline pod, one at a time, the order "
+        "then warm: the DockerEngine kinds), a CI pod labelled for a warm engine and the "
+        "baseline pod, one at a time, the order "
         "rotated each round, "
         f"on the single-node cluster at {NODE_IP}; each milestone timed from before the "
         "create call.",
