@@ -2,7 +2,8 @@
 # Writes user-namespace-engine.json from containerd's default profile at the version the local
 # cluster runs (cluster/versions.env), for the capabilities the UserNamespace engine container has:
 # containerd's defaults plus SYS_ADMIN and NET_ADMIN (builders.USER_NAMESPACE_ENGINE). For x86-64.
-#   seccomp/generate.sh [OUT]     (default: seccomp/user-namespace-engine.json)
+#   seccomp/generate.sh [OUT]     (default: seccomp/user-namespace-engine.json, and its copy in the
+#                                 chart, which installs it on nodes: seccompProfile.install)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../cluster/versions.env
@@ -20,3 +21,6 @@ go mod init rdo.local/seccomp >/dev/null 2>&1
 go get "github.com/containerd/containerd/v2@$CONTAINERD_VERSION" >/dev/null 2>&1
 go run . "${caps[@]}" >"$out.tmp"
 mv "$out.tmp" "$out"
+if [ $# -eq 0 ]; then
+  cp "$out" "$here/../charts/remote-docker-operator/files/seccomp/user-namespace-engine.json"
+fi

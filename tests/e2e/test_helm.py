@@ -1,9 +1,11 @@
 """The Helm chart on the real cluster: install with the locally built operator image, helm test,
-a BuildJob, a pod given an engine by the chart's webhook, an upgrade whose new setting takes
-effect, and an uninstall that leaves only the CRDs.
+a BuildJob, the UserNamespace tier's seccomp profile written to the node and used, a pod given
+an engine by the chart's webhook, an upgrade whose new setting takes effect, and an uninstall
+that leaves only the CRDs.
 """
 
 import json
+import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from ..support import (
     ROOT,
     Kube,
     OperatorProcess,
+    engine_class,
     install_chart_identity,
     register_webhook,
     uninstall_chart_identity,
@@ -24,6 +27,7 @@ from ..support import (
     wait_for,
 )
 from .conftest import BUSYBOX, ENGINE_CLASS, HELM, JOB_IMAGE
+from .test_tiers import PROFILE
 
 pytestmark = pytest.mark.e2e
 
@@ -86,6 +90,7 @@ def chart_objects(cluster: Any) -> dict[str, list[str]]:
     found = {}
     for kind, namespaced in (
         ("deployments", True),
+        ("daemonsets", True),
         ("serviceaccounts", True),
         ("clusterroles", False),
         ("clusterrolebindings", False),
@@ -103,16 +108,36 @@ def chart_objects(cluster: Any) -> dict[str, list[str]]:
 
 
 def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
-    helm("lint", "--strict", CHART, *VALUES)
+    # The node's copy of the seccomp profile (cluster/node.py's) goes: the chart writes it.
+    installed = cluster.node.dir / "kubelet" / "seccomp" / PROFILE
+    installed.unlink(missing_ok=True)
+    try:
+        chart_lifecycle(cluster, kube, helm, installed)
+    finally:
+        if not installed.exists():
+            shutil.copy(ROOT / "seccomp" / "user-namespace-engine.json", installed)
+
+
+def chart_lifecycle(cluster: Any, kube: Kube, helm: Any, installed: Path) -> None:
+    values = [
+        *VALUES,
+        "--set",
+        "seccompProfile.install=true",
+        "--set",
+        f"seccompProfile.kubeletRootDir={cluster.node.dir / 'kubelet'}",
+    ]
+    helm("lint", "--strict", CHART, *values)
     # (the test hook is left out: its pod needs the hook's ServiceAccount to exist)
-    rendered = helm("template", RELEASE, CHART, "-n", NAMESPACE, "--skip-tests", *VALUES).stdout
+    rendered = helm("template", RELEASE, CHART, "-n", NAMESPACE, "--skip-tests", *values).stdout
     cluster.kubectl("create", "namespace", NAMESPACE, check=False)
     dry = cluster.kubectl(
         "apply", "--dry-run=server", "-n", NAMESPACE, "-f", "-", input=rendered, check=False
     )
     assert dry.returncode == 0, dry.stderr
 
-    helm("install", RELEASE, CHART, "-n", NAMESPACE, *VALUES, "--wait", "--timeout", "180s")
+    helm("install", RELEASE, CHART, "-n", NAMESPACE, *values, "--wait", "--timeout", "180s")
+    # --wait waited for the DaemonSet: its init container has written the profile.
+    assert installed.read_bytes() == (ROOT / "seccomp" / "user-namespace-engine.json").read_bytes()
     cluster.kubectl("-n", NAMESPACE, "rollout", "status", "deployment", "--timeout=120s")
     tested = helm("test", RELEASE, "-n", NAMESPACE, "--timeout", "300s", check=False)
     if tested.returncode:
@@ -142,9 +167,17 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
         }
     }
     kube.create_buildjob(tenant, "first", spec)
+    # Beside it, an engine of a class naming the profile the chart wrote.
+    userns = {**ENGINE_CLASS, "isolation": "UserNamespace", "seccompProfile": PROFILE}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(engine_class("helm-userns", userns)))
+    with_profile = {**spec, "engine": {"className": "helm-userns", "imagePullPolicy": "Never"}}
+    kube.create_buildjob(tenant, "profiled", with_profile)
     first = kube.wait_phase(tenant, "first", "Succeeded", "Failed", timeout=300)
     assert first["phase"] == "Succeeded", first
     assert first["namespace"].startswith("bj-")
+    profiled = kube.wait_phase(tenant, "profiled", "Succeeded", "Failed", timeout=300)
+    assert profiled["phase"] == "Succeeded", profiled
+    cluster.kubectl("delete", "engineclass", "helm-userns")
     labelled_pod_gets_an_engine(kube, tenant)
 
     # An upgrade rolls the operator, and the new setting takes effect.
@@ -155,7 +188,7 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
         CHART,
         "-n",
         NAMESPACE,
-        *VALUES,
+        *values,
         "--set",
         "operator.namespacePrefix=up-",
         "--wait",
@@ -171,7 +204,7 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
     assert second["phase"] == "Succeeded", second
     assert second["namespace"].startswith("up-")
 
-    for name in ("first", "second"):
+    for name in ("first", "profiled", "second"):
         kube.delete_buildjob(tenant, name)
         wait_for(
             lambda n=name: kube.get_buildjob(tenant, n) is None,
@@ -181,6 +214,7 @@ def test_chart_lifecycle(cluster: Any, kube: Kube, helm: Any) -> None:
     policies = [f"rdo-remote-docker-operator-{p}" for p in POLICIES]
     assert chart_objects(cluster) == {
         "deployments": ["rdo-remote-docker-operator"],
+        "daemonsets": ["rdo-remote-docker-operator-seccomp"],
         "serviceaccounts": ["rdo-remote-docker-operator"],
         "clusterroles": [
             "rdo-remote-docker-operator",

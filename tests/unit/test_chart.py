@@ -1175,3 +1175,59 @@ def test_policies_bind_the_operator_by_its_service_account(docs: list[Obj]) -> N
     assert (
         find(render("--set", "admissionPolicies.enabled=false"), "ValidatingAdmissionPolicy") == []
     )
+
+
+def test_seccomp_profile_is_not_installed_unless_asked(docs: list[Obj]) -> None:
+    assert find(docs, "DaemonSet") == []
+
+
+def test_seccomp_profile_daemonset_writes_the_projects_profile_to_the_kubelets_directory() -> None:
+    """The chart's copy is the profile seccomp/generate.sh made; the DaemonSet's pods mount only
+    the directory an EngineClass names it by, below the kubelet's seccomp directory, and write it
+    as its owner with no capability; they are behind none of the operator's Services."""
+    profile = ROOT / "seccomp" / "user-namespace-engine.json"
+    copy = CHART / "files" / "seccomp" / "user-namespace-engine.json"
+    assert copy.read_bytes() == profile.read_bytes()
+
+    docs = render("--set", "seccompProfile.install=true")
+    config_map = one(docs, "ConfigMap")
+    assert json.loads(config_map["data"]["user-namespace-engine.json"]) == json.loads(
+        profile.read_text()
+    )
+    daemon_set = one(docs, "DaemonSet")
+    pod = daemon_set["spec"]["template"]
+    spec = pod["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["profile"]["configMap"]["name"] == config_map["metadata"]["name"]
+    # The directory is the one the example EngineClass's seccompProfile names.
+    example = yaml.safe_load_all((ROOT / "examples" / "user-namespace-engine.yaml").read_text())
+    (engine_class,) = [d for d in example if d["kind"] == "EngineClass"]
+    directory = engine_class["spec"]["seccompProfile"].split("/")[0]
+    assert volumes["node"]["hostPath"] == {
+        "path": f"/var/lib/kubelet/seccomp/{directory}",
+        "type": "DirectoryOrCreate",
+    }
+    # The init container writes it (a running pod is a node that has it), as root with no
+    # capability; the container that holds the pod is nobody and mounts nothing.
+    (writer,) = spec["initContainers"]
+    assert writer["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert writer["securityContext"]["readOnlyRootFilesystem"] is True
+    assert {m["mountPath"] for m in writer["volumeMounts"]} == {"/profile", "/node"}
+    holder = container(spec)
+    assert holder["securityContext"]["runAsNonRoot"] is True
+    assert "volumeMounts" not in holder
+    assert spec["tolerations"] == [{"operator": "Exists"}]
+    assert pod["metadata"]["annotations"]["checksum/profile"]
+    for service in find(docs, "Service"):
+        assert not service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+
+    moved = render(
+        "--set", "seccompProfile.install=true", "--set", "seccompProfile.kubeletRootDir=/data/k/"
+    )
+    volumes = {v["name"]: v for v in one(moved, "DaemonSet")["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["node"]["hostPath"]["path"] == f"/data/k/seccomp/{directory}"
+    relative = template(
+        "--set", "seccompProfile.install=true", "--set", "seccompProfile.kubeletRootDir=k"
+    )
+    assert relative.returncode != 0
+    assert "kubeletRootDir" in relative.stderr

@@ -109,3 +109,26 @@ cannot look up, so it makes one.)
 {{- end }}
 {{- get . "webhookTLS" | toJson }}
 {{- end }}
+
+{{/*
+What the seccomp profile DaemonSet's two containers share: the operator's image, little memory,
+no capability. Called with (dict "top" $ "uid" N): the writer is root only to write the
+kubelet's root-owned directory as its owner; the holder is nobody.
+*/}}
+{{- define "remote-docker-operator.seccompContainer" -}}
+image: {{ include "remote-docker-operator.image" .top | quote }}
+imagePullPolicy: {{ .top.Values.image.pullPolicy }}
+resources:
+  requests: {cpu: 1m, memory: 8Mi}
+  limits: {memory: 32Mi}
+securityContext:
+  runAsUser: {{ .uid }}
+  runAsGroup: {{ .uid }}
+  runAsNonRoot: {{ ne (int .uid) 0 }}
+  readOnlyRootFilesystem: true
+  allowPrivilegeEscalation: false
+  capabilities:
+    drop: ["ALL"]
+  seccompProfile:
+    type: RuntimeDefault
+{{- end }}
