@@ -33,11 +33,14 @@ from . import kubeapi, names
 from .clitext import CliError, api_message, progress
 
 Obj = dict[str, Any]
-# Tries from the pod while a NetworkPolicy controller lets it in: its SYNs are dropped until
-# then, and it programs a pod's new label in well under the FAST_POLLS' two seconds.
+# Polls of the API start fast and slow down: a warm engine is ready a quarter second after its
+# create call, a cold one in seconds, and a thousand waiting pods should not poll ten times a
+# second.
 FIRST_POLL_SECONDS = 0.1
-FAST_POLLS = 20
 POLL_SECONDS = 1.0
+# Connection tries from the pod, which the API server never sees, stay fast for two seconds: a
+# NetworkPolicy controller lets a pod's new label in well within them.
+FAST_TRIES = 20
 CONNECT_SECONDS = 0.2
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # The client Secret's keys that are the docker CLI's environment, and those that are files.
@@ -123,12 +126,18 @@ def env_file_lines(env: Mapping[str, str]) -> str:
 
 
 def poll_delays() -> Iterator[float]:
-    """0.1 s for the first two seconds, then doubling to 1 s, and 1 s for ever."""
-    yield from itertools.repeat(FIRST_POLL_SECONDS, FAST_POLLS)
-    delay = FIRST_POLL_SECONDS * 2
+    """Between API polls: 0.1, 0.2, 0.4, 0.8, then 1 s for ever."""
+    delay = FIRST_POLL_SECONDS
     while True:
         yield delay
         delay = min(delay * 2, POLL_SECONDS)
+
+
+def try_delays() -> Iterator[float]:
+    """Between connection tries: 0.1 s for the first two seconds, then as poll_delays from
+    0.2 s."""
+    yield from itertools.repeat(FIRST_POLL_SECONDS, FAST_TRIES)
+    yield from itertools.islice(poll_delays(), 1, None)
 
 
 def docker_ping(host: str, cert_dir: Path, timeout: float = 2.0) -> str | None:
@@ -280,7 +289,7 @@ class Waiter:
         """Until the engine answers from this pod: Ready means it answers its own probe, not
         that this pod's traffic is let through yet (a NetworkPolicy controller programs a
         pod's new label a moment later) or that its name resolves here."""
-        until, told, delays = self.clock() + timeout, "", poll_delays()
+        until, told, delays = self.clock() + timeout, "", try_delays()
         while (why := self.ping(host, cert_dir)) is not None:
             if why != told:
                 self.say(f"waiting for {host}: {why}")

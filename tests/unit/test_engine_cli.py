@@ -3,6 +3,7 @@
 import datetime
 import http.server
 import io
+import itertools
 import socket
 import ssl
 import stat
@@ -146,6 +147,8 @@ def test_setup_tries_the_engine_fast_at_first_then_once_a_second(tmp_path: Path)
     setup, _ = setup_with([{}, {}, running], ["timed out"] * 25 + [None], slept)
     setup.setup(engine_cli.engine_manifest("ci", "runner"), tmp_path, 60)
     assert slept == [0.1] * 20 + [0.2, 0.4, 0.8, 1.0, 1.0]
+    # Polls of the API itself (an account that may not watch) slow down from the start.
+    assert list(itertools.islice(engine_cli.poll_delays(), 6)) == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
 
 
 def test_setup_returns_only_once_the_engine_answers_from_this_pod(tmp_path: Path) -> None:
