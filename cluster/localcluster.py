@@ -319,6 +319,9 @@ class Cluster:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--authorization-mode=Node,RBAC",
                 "--allow-privileged=true",
+                # Pod Security's baseline lets a pod with its own user namespace set procMount:
+                # Unmasked (the Rootless engine tier's pod): Kubernetes 1.35 does so by default.
+                "--feature-gates=UserNamespacesPodSecurityStandards=true",
                 # Loopback may not be an endpoint of the kubernetes Service (kwok tier).
                 f"--endpoint-reconciler-type={'lease' if self.tier == 'real' else 'none'}",
                 "--profiling=false",

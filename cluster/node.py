@@ -35,6 +35,11 @@ STAND_IN_INTERNET = "198.18.0.1"
 STAND_IN_DENIED = "198.19.0.1"
 # A second containerd runtime handler: runc behind a wrapper that logs every call.
 TRACED_RUNTIME = "rdo-traced"
+# A third, whose containers get /dev/net/tun (its base OCI spec lists the device): the Rootless
+# engine tier's network (pasta) needs it, and Kubernetes gives pods no device otherwise but
+# through a device plugin (none is served here) or a privileged container.
+TUN_RUNTIME = "rdo-tun"
+TUN = Path("/dev/net/tun")
 HERE = Path(__file__).resolve().parent
 
 
@@ -190,6 +195,11 @@ state = "{self.dir / "containerd-state"}"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{TRACED_RUNTIME}.options]
         SystemdCgroup = false
         BinaryName = "{self.traced_runc()}"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{TUN_RUNTIME}]
+      runtime_type = "io.containerd.runc.v2"
+      base_runtime_spec = "{self.tun_base_spec()}"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.{TUN_RUNTIME}.options]
+        SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{self.cni_conf}"
@@ -221,6 +231,23 @@ state = "{self.dir / "containerd-state"}"
         wrapper.write_text(f'#!/bin/sh\necho "$*" >> {self.traced_runc_log}\nexec {runc} "$@"\n')
         wrapper.chmod(0o755)
         return wrapper
+
+    def tun_base_spec(self) -> Path:
+        """The tun handler's base OCI spec: containerd's default, plus /dev/net/tun and the
+        device-cgroup rule that lets it be opened. In a pod with its own user namespace runc
+        cannot make device nodes and bind-mounts the node's, whose mode then holds: 0666, as
+        systemd-udev's default rules make it (this VM has no udev, and it was 0600). Opening
+        it is harmless: making an interface needs CAP_NET_ADMIN in its network namespace."""
+        spec = json.loads(sh(str(self.bin / "ctr"), "oci", "spec").stdout)
+        spec["linux"].setdefault("devices", []).append(
+            {"path": str(TUN), "type": "c", "major": 10, "minor": 200, "fileMode": 0o666}
+        )
+        rule = {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"}
+        spec["linux"]["resources"]["devices"].append(rule)
+        path = self.dir / "tun-base-spec.json"
+        path.write_text(json.dumps(spec, indent=1))
+        TUN.chmod(0o666)
+        return path
 
     @property
     def traced_runc_log(self) -> Path:
@@ -403,6 +430,13 @@ state = "{self.dir / "containerd-state"}"
 
     def addons_up(self) -> None:
         self.c.kubectl("apply", "-f", str(HERE / "addons" / "coredns.yaml"))
+        runtime_class = {
+            "apiVersion": "node.k8s.io/v1",
+            "kind": "RuntimeClass",
+            "metadata": {"name": TUN_RUNTIME},
+            "handler": TUN_RUNTIME,
+        }
+        self.c.kubectl("apply", "-f", "-", input=json.dumps(runtime_class))
         self.local_path.mkdir(parents=True, exist_ok=True)
         storage = (HERE / "addons" / "local-path.yaml").read_text()
         self.c.kubectl(

@@ -109,7 +109,8 @@ LOCAL_PATH_MODULE = "github.com/rancher/local-path-provisioner"
 LOCAL_PATH_VERSION = "v0.0.30"
 BUSYBOX_PACKAGE = "busybox-static"
 # The engine's root filesystem; the job image is this plus JOB_PACKAGES (one shared layer).
-ENGINE_PACKAGES = ("docker.io", "docker-cli", "iptables", "ca-certificates", "procps")
+# passt: pasta, the Rootless tier's network (builders.py).
+ENGINE_PACKAGES = ("docker.io", "docker-cli", "iptables", "ca-certificates", "procps", "passt")
 JOB_PACKAGES = (
     "docker-buildx",
     "docker-compose",

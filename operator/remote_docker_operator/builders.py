@@ -172,9 +172,10 @@ def build_namespace(t: Target) -> Manifest:
     labels[names.LABEL_ENGINE_CLASS] = t.engine.class_name
     if t.warm_id:
         labels[names.LABEL_WARM_ENGINE] = t.warm_id
-    # The engine is all this namespace holds, and it is not a baseline pod in either tier: a
-    # privileged one, or (UserNamespace) one with capabilities baseline does not allow.
-    labels["pod-security.kubernetes.io/enforce"] = "privileged"
+    # The engine is all this namespace holds. Only a Rootless one is a baseline pod: the others
+    # are privileged, or (UserNamespace) have capabilities baseline does not allow.
+    rootless = t.engine.isolation == names.ISOLATION_ROOTLESS
+    labels["pod-security.kubernetes.io/enforce"] = "baseline" if rootless else "privileged"
     return stamped(
         {
             "apiVersion": "v1",
@@ -493,8 +494,11 @@ def dockerd_args(t: Target) -> list[str]:
     """dockerd flags given in full, so the official docker:NN-dind image and a plain Debian
     dockerd behave alike: TLS on 2376 only, never the unauthenticated 2375."""
     engine = t.engine
+    # A Rootless dockerd is handed its listening socket, made in the pod's network namespace
+    # (its own has no way in but pasta's port forwarding): socket activation.
+    rootless = engine.isolation == names.ISOLATION_ROOTLESS
     args = [
-        f"--host=tcp://0.0.0.0:{names.ENGINE_PORT}",
+        "--host=fd://" if rootless else f"--host=tcp://0.0.0.0:{names.ENGINE_PORT}",
         "--tlsverify",
         f"--tlscacert={SERVER_CERT_DIR}/ca.pem",
         f"--tlscert={SERVER_CERT_DIR}/cert.pem",
@@ -507,10 +511,10 @@ def dockerd_args(t: Target) -> list[str]:
         args.append(f"--mtu={engine.mtu}")
     if engine.cache:
         args.append(f"--shutdown-timeout={CACHED_SHUTDOWN_SECONDS}")
-    if engine.isolation == names.ISOLATION_USER_NAMESPACE:
-        # The pod's user namespace is the one RootlessKit would make. Rootless, dockerd gives
-        # its containers no cgroups of their own where it cannot make them: on a cgroup v1
-        # node the pod's cgroups belong to the node's root.
+    if engine.isolation in (names.ISOLATION_USER_NAMESPACE, names.ISOLATION_ROOTLESS):
+        # The pod's user namespace (or, Rootless, the one nested in it) is the one RootlessKit
+        # would make. Rootless, dockerd gives its containers no cgroups of their own where it
+        # cannot make them: on a cgroup v1 node the pod's cgroups belong to the node's root.
         args.append("--rootless")
     return args
 
@@ -542,6 +546,64 @@ _CACHE_CHECK = (
     "echo discarded > /dev/termination-log; fi; "
     ': > "$m"'
 )
+# The Rootless tier's engine: dockerd in a user namespace of its own (with its mount and network
+# namespaces), nested in the pod's, where it holds every capability it needs, so the pod adds
+# none. Pod root maps the pod's 65536 ids into it one to one (CAP_SETUID in the pod's namespace,
+# a default capability, is all that takes). Its network namespace reaches out through pasta,
+# which copies the pod's address and routes into it over a tap device and forwards published
+# ports in (auto: the ports bound inside, rescanned each second); the API socket is made here,
+# in the pod's network namespace, and handed to dockerd as fd 3 (socket activation), so the
+# job's and the probe's connections reach dockerd directly. dockerd starts once its network is
+# up (pasta forks when it is), and runs as a child, so that SIGTERM reaches it and, on a cache
+# volume, a clean stop clears the in-use marker.
+_ROOTLESS_NET_READY = "/run/remote-docker-net-ready"
+_ROOTLESS_FAIL = 'fail() { echo "$1" | tee /dev/termination-log >&2; exit 1; }; '
+_ROOTLESS_LAUNCHER = (
+    _MTU
+    + _ROOTLESS_FAIL
+    + f'[ -c {names.TUN_DEVICE} ] || fail "no {names.TUN_DEVICE} in the engine container: the '
+    + "Rootless tier's network (pasta) needs it; give it with the class's runtimeClassName\"; "
+    + f"rm -f {_ROOTLESS_NET_READY}; "
+    + "perl -MIO::Socket::INET -MPOSIX -e '"
+    # $^F: descriptors up to 3 stay open across exec (perl closes the rest).
+    + "$^F = 3; "
+    + "$s = IO::Socket::INET->new(Listen => 1024, LocalPort => shift, ReuseAddr => 1) "
+    + 'or die "engine port: $!\\n"; fileno($s) == 3 or POSIX::dup2(fileno($s), 3) or die; '
+    + "exec @ARGV or die"
+    + f"' {names.ENGINE_PORT} "
+    + "unshare --user --map-users=0:0:65536 --map-groups=0:0:65536 --net --mount --fork "
+    + "--kill-child sh -c '"
+    + f"while [ ! -e {_ROOTLESS_NET_READY} ]; do sleep 0.01; done; "
+    # (its own pid from /proc/self, which the shell itself opens: Kubernetes would make $$ $)
+    + 'read -r LISTEN_PID _ < /proc/self/stat; export LISTEN_PID LISTEN_FDS=1; exec "$@"\' '
+    + '- dockerd "$@" & '
+    # The child to attach pasta to is unshare's in the new user namespace (unshare's helper
+    # that writes the id maps, a child too, is in ours).
+    + "u=$!; c=; me=$(readlink /proc/self/ns/user); "
+    + "until c=$(for p in $(cat /proc/$u/task/$u/children 2>/dev/null); do "
+    + 'n=$(readlink /proc/$p/ns/user) && [ "$n" != "$me" ] && echo "$p"; done) '
+    + '&& [ -n "$c" ]; do '
+    + 'kill -0 "$u" 2>/dev/null '
+    + '|| { wait "$u"; fail "the engine user namespace: unshare exit $?"; }; '
+    + "sleep 0.01; done; "
+    + 'pasta --config-net --quiet --no-map-gw -t auto -u none -T none -U none "$c" '
+    + '|| { rc=$?; kill "$u"; fail "the engine network: pasta exit $rc"; }; '
+    + f": > {_ROOTLESS_NET_READY}; "
+    + "trap 'kill -TERM \"$c\" 2>/dev/null' TERM INT; "
+    + 'wait "$u"; rc=$?; if kill -0 "$u" 2>/dev/null; then wait "$u"; rc=$?; fi; '
+)
+
+
+def rootless_launcher(cached: bool) -> str:
+    """The Rootless engine's launcher; cached, a clean stop also clears the volume's marker."""
+    done = (
+        f'if [ "$rc" -eq 0 ]; then rm -f /var/lib/docker/{names.CACHE_MARKER}; fi; '
+        if cached
+        else ""
+    )
+    return _ROOTLESS_LAUNCHER + done + 'exit "$rc"'
+
+
 # A cached engine stops its containers within this, and then itself, inside its pod's grace.
 CACHED_SHUTDOWN_SECONDS = 10
 CACHED_GRACE_SECONDS = 30
@@ -574,6 +636,14 @@ USER_NAMESPACE_ENGINE: Manifest = {
     "capabilities": {"add": ["SYS_ADMIN", "NET_ADMIN"]},
     "seccompProfile": {"type": "Unconfined"},
 }
+
+
+# The Rootless tier's: a baseline pod. The runc that its dockerd drives still mounts each
+# container a fresh /proc (procMount: baseline allows Unmasked in a pod with its own user
+# namespace from Kubernetes 1.35, or 1.33-1.34 with the UserNamespacesPodSecurityStandards gate);
+# its seccomp profile is the class's (required: the runtime's default refuses the nested user
+# namespace without CAP_SYS_ADMIN).
+ROOTLESS_ENGINE: Manifest = {"privileged": False, "procMount": "Unmasked"}
 
 
 def build_engine_pod(t: Target) -> Manifest:
@@ -614,14 +684,20 @@ def build_engine_pod(t: Target) -> Manifest:
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
     }
-    if engine.isolation == names.ISOLATION_USER_NAMESPACE:
+    if engine.isolation == names.ISOLATION_ROOTLESS:
+        spec["hostUsers"] = False
+        container["command"] = ["sh", "-c", rootless_launcher(engine.cache is not None), "dockerd"]
+        container["securityContext"] = {**ROOTLESS_ENGINE}
+        # Its launcher's own words (tee'd to the termination log) when it fails before dockerd.
+        container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    elif engine.isolation == names.ISOLATION_USER_NAMESPACE:
         spec["hostUsers"] = False
         container["securityContext"] = {**USER_NAMESPACE_ENGINE}
-        if engine.seccomp_profile:
-            container["securityContext"]["seccompProfile"] = {
-                "type": "Localhost",
-                "localhostProfile": engine.seccomp_profile,
-            }
+    if engine.isolation != names.ISOLATION_PRIVILEGED and engine.seccomp_profile:
+        container["securityContext"]["seccompProfile"] = {
+            "type": "Localhost",
+            "localhostProfile": engine.seccomp_profile,
+        }
     if engine.cache:
         data = {"persistentVolumeClaim": {"claimName": names.CACHE_CLAIM}}
         spec["terminationGracePeriodSeconds"] = CACHED_GRACE_SECONDS

@@ -679,17 +679,34 @@ SeccompProfilePath = Annotated[
 ]
 
 
+SECCOMP_NOT_PRIVILEGED = (
+    f"seccompProfile is for isolation {names.ISOLATION_USER_NAMESPACE} or "
+    f"{names.ISOLATION_ROOTLESS} only (a privileged engine is unconfined whatever its profile)"
+)
+# The runtime's default profile refuses the user namespace a Rootless engine makes (it allows
+# unshare only with CAP_SYS_ADMIN), and Unconfined is not a baseline pod.
+ROOTLESS_NEEDS_SECCOMP = (
+    f"isolation {names.ISOLATION_ROOTLESS} needs seccompProfile (a Localhost profile that allows "
+    "user namespaces, such as the project's seccomp/user-namespace-engine.json)"
+)
+
+
 class EngineClassSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
                 cel(
                     "!has(self.seccompProfile) || (has(self.isolation) && "
-                    f"self.isolation == '{names.ISOLATION_USER_NAMESPACE}')",
-                    f"seccompProfile is for isolation {names.ISOLATION_USER_NAMESPACE} only (a "
-                    "privileged engine is unconfined whatever its profile)",
+                    f"self.isolation != '{names.ISOLATION_PRIVILEGED}')",
+                    SECCOMP_NOT_PRIVILEGED,
                     field_path=".seccompProfile",
-                )
+                ),
+                cel(
+                    "!has(self.isolation) || "
+                    f"self.isolation != '{names.ISOLATION_ROOTLESS}' || has(self.seccompProfile)",
+                    ROOTLESS_NEEDS_SECCOMP,
+                    field_path=".seccompProfile",
+                ),
             ]
         }
     )
@@ -708,7 +725,7 @@ class EngineClassSpec(ApiModel):
         "in the privileged tier: list only images you trust.",
     )
     image_pull_policy: PullPolicy | None = Field(None, description="Pull policy of the engine.")
-    isolation: Literal["Privileged", "UserNamespace"] = Field(
+    isolation: Literal["Privileged", "UserNamespace", "Rootless"] = Field(
         "Privileged",
         description="How an engine is fenced from its node. Privileged: a privileged pod, so "
         "whoever drives the engine (every job does) can become root on the node. "
@@ -716,14 +733,19 @@ class EngineClassSpec(ApiModel):
         "in the engine is an unprivileged uid on the node, and its capabilities hold only in the "
         "pod. Needs nodes with containerd >= 2.0 and runc >= 1.2; in it `docker run "
         "--privileged` is refused and, on cgroup v1 nodes, the engine's containers get no "
-        "resource limits of their own (the engine pod's still hold).",
+        "resource limits of their own (the engine pod's still hold). Rootless: as "
+        "UserNamespace, with dockerd rootless in a user namespace of its own inside the pod's "
+        "and no added capability, so the engine pod is a Pod Security baseline one; needs "
+        "seccompProfile, /dev/net/tun in the engine's container (runtimeClassName) and an engine "
+        "image with unshare, perl and pasta.",
     )
     seccomp_profile: SeccompProfilePath | None = Field(
         None,
-        description="UserNamespace engines: the engine pod's Localhost seccomp profile, a path "
-        "under each node's kubelet seccomp directory (the project's "
+        description="UserNamespace and Rootless engines: the engine pod's Localhost seccomp "
+        "profile, a path under each node's kubelet seccomp directory (the project's "
         "seccomp/user-namespace-engine.json is containerd's default profile for the engine's "
-        "capabilities, the kernel keyring answered as absent). Unset: Unconfined.",
+        "capabilities, the kernel keyring answered as absent). Unset: Unconfined (UserNamespace; "
+        "Rootless needs one).",
     )
     daemon: DaemonPolicy = Field(
         default_factory=DaemonPolicy, description="dockerd settings and which a BuildJob may set."
@@ -787,12 +809,11 @@ class EngineClassSpec(ApiModel):
     )
 
     @model_validator(mode="after")
-    def _seccomp_profile_needs_user_namespace(self) -> "EngineClassSpec":
-        if self.seccomp_profile and self.isolation != names.ISOLATION_USER_NAMESPACE:
-            raise ValueError(
-                f"seccompProfile is for isolation {names.ISOLATION_USER_NAMESPACE} only (a "
-                "privileged engine is unconfined whatever its profile)"
-            )
+    def _seccomp_profile_fits_isolation(self) -> "EngineClassSpec":
+        if self.seccomp_profile and self.isolation == names.ISOLATION_PRIVILEGED:
+            raise ValueError(SECCOMP_NOT_PRIVILEGED)
+        if not self.seccomp_profile and self.isolation == names.ISOLATION_ROOTLESS:
+            raise ValueError(ROOTLESS_NEEDS_SECCOMP)
         return self
 
 

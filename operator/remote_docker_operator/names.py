@@ -97,8 +97,15 @@ QUOTA = "engine-quota"
 LIMIT_RANGE = "engine-limits"
 JOB_CONTAINER = "job"
 ENGINE_CONTAINER = "dockerd"
-# EngineClass spec.isolation: the tier whose engine pod runs in its own user namespace.
+# EngineClass spec.isolation: the privileged tier, the tier whose engine pod runs in its own user
+# namespace...
+ISOLATION_PRIVILEGED = "Privileged"
 ISOLATION_USER_NAMESPACE = "UserNamespace"
+# ... and the tier whose dockerd is rootless in a user namespace nested in the pod's: no added
+# capability, so its pod is a baseline one.
+ISOLATION_ROOTLESS = "Rootless"
+# Where a Rootless engine's container finds the tun device its network needs (pasta).
+TUN_DEVICE = "/dev/net/tun"
 WAIT_CONTAINER = "wait-for-engine"
 # The webhook's init container in a client pod, and the volume with its client certificates.
 CLIENT_WAIT_CONTAINER = "remote-docker-wait"

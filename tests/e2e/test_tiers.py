@@ -32,7 +32,11 @@ TIERS = {
     "Privileged": {"isolation": "Privileged"},
     "UserNamespace": {"isolation": "UserNamespace"},
     "UserNamespace+seccomp": {"isolation": "UserNamespace", "seccompProfile": PROFILE},
+    # The local cluster's RuntimeClass whose containers get /dev/net/tun (cluster/node.py).
+    "Rootless": {"isolation": "Rootless", "seccompProfile": PROFILE, "runtimeClassName": "rdo-tun"},
 }
+# The tiers without a privileged pod, as the pattern test runs them.
+UNPRIVILEGED = ("UserNamespace+seccomp", "Rootless")
 
 
 def test_the_seccomp_profile_is_containerds_default_regenerated(tmp_path: Path) -> None:
@@ -85,14 +89,16 @@ docker run --rm --network container:app {BUSYBOX} wget -qO- localhost:8080/hostn
 )
 
 
-def test_user_namespace_engine_runs_what_a_ci_job_needs(
-    kube: Kube, operator: OperatorProcess, ns: str, tiers: dict[str, str]
+@pytest.mark.parametrize("tier", UNPRIVILEGED)
+def test_unprivileged_engine_runs_what_a_ci_job_needs(
+    kube: Kube, operator: OperatorProcess, ns: str, tiers: dict[str, str], tier: str
 ) -> None:
-    """With the seccomp profile (the tier unconfined, its default, runs the warm, cached and
-    published-ports test below)."""
-    kube.create_buildjob(ns, "userns", job(PATTERNS, **engine(tiers["UserNamespace+seccomp"])))
+    """With the seccomp profile (the UserNamespace tier unconfined, its default, runs the warm,
+    cached and published-ports test below)."""
+    name = tier.lower().replace("+", "-")
+    kube.create_buildjob(ns, name, job(PATTERNS, **engine(tiers[tier])))
     # While the job runs: the engine pod is not privileged, in a user namespace of its own.
-    job_ns = kube.wait_phase(ns, "userns", "Running", timeout=300)["namespace"]
+    job_ns = kube.wait_phase(ns, name, "Running", timeout=300)["namespace"]
     pod = kube.pod(job_ns, names.ENGINE_POD)
     assert pod is not None
     assert pod.spec.host_users is False
@@ -102,8 +108,18 @@ def test_user_namespace_engine_runs_what_a_ci_job_needs(
         "Localhost",
         PROFILE,
     )
-    status = kube.wait_phase(ns, "userns", "Succeeded", "Failed", timeout=300)
-    output = job_log(kube, ns, "userns")
+    enforced = kube.core.read_namespace(job_ns).metadata.labels[
+        "pod-security.kubernetes.io/enforce"
+    ]
+    if tier == "Rootless":
+        # No capability added, and a namespace that enforces baseline, which admitted it.
+        assert context.capabilities is None
+        assert enforced == "baseline"
+    else:
+        assert context.capabilities.add == ["SYS_ADMIN", "NET_ADMIN"]
+        assert enforced == "privileged"
+    status = kube.wait_phase(ns, name, "Succeeded", "Failed", timeout=300)
+    output = job_log(kube, ns, name)
     # The job's own exit code, after every pattern worked.
     assert (status["phase"], status["reason"], status["exitCode"]) == ("Failed", "JobFailed", 7), (
         status,
@@ -241,6 +257,11 @@ def test_escape_checks(
     finally:
         marker.unlink(missing_ok=True)
     inside, outside, count = (int(n) for n in found.pop("uid-map").split(":"))
+    if tier == "Rootless":
+        # Its containers' user namespace is the one dockerd runs in, nested in the pod's and
+        # mapped one to one onto it: the node's uids are seen from the node (the test below).
+        assert (inside, outside, count) == (0, 0, 65536), output
+        outside = 65536
     # Positive controls: the engine's own processes are seen, and Docker filters a container's
     # system calls by default, in every tier.
     assert found.pop("engine-pids") == "visible", output
@@ -281,3 +302,60 @@ def test_escape_checks(
             "node-pids": "hidden",
         }, output
         assert not written
+
+
+def engine_processes(container_id: str) -> dict[int, tuple[str, int]]:
+    """{pid: (command, uid)}, as the node sees them, of the engine container's processes and
+    every process descended from them (the containers its dockerd runs, wherever their cgroups
+    are)."""
+    table: dict[int, tuple[int, str, int, bool]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            status = (entry / "status").read_text()
+            cgroup = (entry / "cgroup").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        uid = re.search(r"^Uid:\s+(\d+)", status, re.MULTILINE)
+        assert uid is not None
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        command = stat[stat.index("(") + 1 : stat.rindex(")")]
+        table[int(entry.name)] = (ppid, command, int(uid.group(1)), container_id in cgroup)
+    found = {pid for pid, row in table.items() if row[3]}
+    while True:
+        more = {pid for pid, row in table.items() if row[0] in found} - found
+        if not more:
+            return {pid: table[pid][1:3] for pid in found}
+        found |= more
+
+
+@pytest.mark.parametrize("tier", ["Privileged", "Rootless"])
+def test_engine_processes_seen_from_the_node(
+    kube: Kube, operator: OperatorProcess, ns: str, tiers: dict[str, str], tier: str
+) -> None:
+    """What uid each process of the engine, and of a container the job runs in it, has on the
+    node: root in the Privileged tier; in the Rootless tier none is below 65536 (uids 0-65535
+    are the node's own users), the container's process among them."""
+    name = f"uids-{tier.lower()}"
+    script = LOAD_BUSYBOX + f"docker run -d {BUSYBOX} sleep 600 && sleep 600\n"
+    kube.create_buildjob(ns, name, job(script, **engine(tiers[tier])))
+    job_ns = kube.wait_phase(ns, name, "Running", timeout=300)["namespace"]
+    pod = kube.pod(job_ns, names.ENGINE_POD)
+    container_id = pod.status.container_statuses[0].container_id.split("://")[1]
+
+    def container_started() -> dict[int, tuple[str, int]] | None:
+        processes = engine_processes(container_id)
+        return processes if any(c == "sleep" for c, _ in processes.values()) else None
+
+    processes = wait_for(container_started, timeout=120, what="the job's container running")
+    commands = {command for command, _ in processes.values()}
+    assert {"dockerd", "containerd", "sleep"} <= commands, processes
+    uids = {command: uid for command, uid in processes.values()}
+    if tier == "Privileged":
+        assert uids["dockerd"] == uids["sleep"] == 0, processes
+    else:
+        assert any(c.startswith("pasta") for c in commands), processes  # pasta.avx2 where it can
+        assert min(uid for _, uid in processes.values()) >= 65536, processes
+    kube.delete_buildjob(ns, name)

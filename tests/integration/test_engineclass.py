@@ -78,18 +78,28 @@ PROFILE = "remote-docker-operator/user-namespace-engine.json"
     ("spec", "refusal"),
     [
         ({"isolation": "UserNamespace", "seccompProfile": PROFILE}, None),
-        ({"seccompProfile": PROFILE}, "seccompProfile is for isolation UserNamespace only"),
+        ({"isolation": "Rootless", "seccompProfile": PROFILE}, None),
+        ({"seccompProfile": PROFILE}, "seccompProfile is for isolation UserNamespace or Rootless"),
         (
             {"isolation": "Privileged", "seccompProfile": PROFILE},
-            "seccompProfile is for isolation UserNamespace only",
+            "seccompProfile is for isolation UserNamespace or Rootless",
         ),
+        ({"isolation": "Rootless"}, "isolation Rootless needs seccompProfile"),
         (
             {"isolation": "UserNamespace", "seccompProfile": "../../etc/profile.json"},
             "should match",
         ),
         ({"isolation": "UserNamespace", "seccompProfile": "/abs/profile.json"}, "should match"),
     ],
-    ids=["user-namespace", "default-tier", "privileged", "climbs-out", "absolute"],
+    ids=[
+        "user-namespace",
+        "rootless",
+        "default-tier",
+        "privileged",
+        "rootless-unconfined",
+        "climbs-out",
+        "absolute",
+    ],
 )
 def test_seccomp_profile_admission(kube: Kube, spec: dict[str, Any], refusal: str | None) -> None:
     """A Localhost profile only for the tier it means something in, and only a path below the

@@ -219,6 +219,58 @@ def test_user_namespace_engine_pod_with_a_seccomp_profile() -> None:
     assert builders.USER_NAMESPACE_ENGINE["seccompProfile"] == {"type": "Unconfined"}
 
 
+ROOTLESS = {
+    "image": "d",
+    "isolation": "Rootless",
+    "seccompProfile": "remote-docker-operator/user-namespace-engine.json",
+}
+
+
+def test_rootless_engine_pod_is_a_baseline_pod() -> None:
+    """No capability added, not privileged, the class's profile; dockerd takes its socket from
+    the launcher (fd://) and runs rootless in the namespace the launcher nests in the pod's."""
+    t = make_target(engine_class=ROOTLESS)
+    spec = builders.build_engine_pod(t)["spec"]
+    [c] = spec["containers"]
+    assert spec["hostUsers"] is False
+    assert c["securityContext"] == {
+        "privileged": False,
+        "procMount": "Unmasked",
+        "seccompProfile": {"type": "Localhost", "localhostProfile": ROOTLESS["seccompProfile"]},
+    }
+    assert c["command"][:2] == ["sh", "-c"]
+    launcher = c["command"][2]
+    assert "unshare --user" in launcher
+    assert "pasta" in launcher
+    assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert c["args"][:2] == ["--host=fd://", "--tlsverify"]
+    assert "--rootless" in c["args"]
+    assert not any(a.startswith("--host=tcp") for a in c["args"])
+    # Its namespace enforces baseline; the other tiers' stay privileged.
+    labels = builders.build_namespace(t)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
+    for other in ({"image": "d"}, {"image": "d", "isolation": "UserNamespace"}):
+        labels = builders.build_namespace(make_target(engine_class=other))["metadata"]["labels"]
+        assert labels["pod-security.kubernetes.io/enforce"] == "privileged"
+    # The shared securityContext is not changed by one class's profile.
+    assert "seccompProfile" not in builders.ROOTLESS_ENGINE
+
+
+def test_rootless_launcher_is_valid_sh_and_clears_the_cache_marker_only_when_cached() -> None:
+    cached = make_target(
+        {"job": {"image": "a"}, "engine": {"cacheKey": "k"}},
+        {**ROOTLESS, "cache": {"storageClassName": "fast", "size": "5Gi"}},
+    )
+    plain = builders.build_engine_pod(make_target(engine_class=ROOTLESS))
+    for pod in (plain, builders.build_engine_pod(cached)):
+        script = pod["spec"]["containers"][0]["command"][2]
+        subprocess.run(["sh", "-n", "-c", script], check=True)
+        # Kubernetes makes $$ in a command $ (its escape for $(VAR)).
+        assert "$$" not in script
+    assert names.CACHE_MARKER not in plain["spec"]["containers"][0]["command"][2]
+    assert builders.rootless_launcher(True).count(names.CACHE_MARKER) == 1
+
+
 def test_engine_options() -> None:
     versioned = {
         "image": "docker:27-dind",
