@@ -1,10 +1,11 @@
 """Latency on the real local cluster: a BuildJob against the pod a user would write by hand.
 
-Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) seven
+Each round runs the same build (load an image, a two-stage `docker build`, `docker run`) eight
 times, one after the other: as a BuildJob that starts its engine cold, as a BuildJob of a class
-with a warm pool (it claims a warm engine), as a BuildJob of a UserNamespace class (its engine
-cold and unprivileged), as a CI pod of its own that runs `remote-docker setup` first (a
-DockerEngine, cold, then of the warm class: how a GitLab or Actions runner pod gets its engine),
+with a warm pool (it claims a warm engine), as a BuildJob of a UserNamespace class and one of a
+Rootless class (their engines cold and unprivileged), as a CI pod of its own that runs
+`remote-docker setup` first (a DockerEngine, cold, then of the warm class: how a GitLab or
+Actions runner pod gets its engine),
 as a CI pod labelled for an engine of the warm class, which the admission webhook gives one as
 the pod is created (no step: its init container waits until the engine answers), and as one pod
 whose dind engine is a native sidecar (an init container with restartPolicy Always, so the pod
@@ -78,6 +79,7 @@ KINDS = (
     "BuildJob",
     "warm BuildJob",
     "user-namespace BuildJob",
+    "rootless BuildJob",
     "DockerEngine",
     "warm DockerEngine",
     "warm labelled pod",
@@ -85,6 +87,13 @@ KINDS = (
 )
 WARM_CLASS = "bench-warm"
 USERNS_CLASS = "bench-userns"
+ROOTLESS_CLASS = "bench-rootless"
+# The Rootless tier's needs on the local cluster's node (cluster/node.py).
+ROOTLESS_SPEC = {
+    "isolation": "Rootless",
+    "seccompProfile": "remote-docker-operator/user-namespace-engine.json",
+    "runtimeClassName": "rdo-tun",
+}
 WARM_POOL = 2
 # A CI pod's ServiceAccount, allowed what README's `remote-docker setup` section asks.
 RUNNER_ACCOUNT = "ci-runner"
@@ -377,10 +386,9 @@ def main() -> int:
     return on_real_cluster(measure, __doc__, rounds=20)
 
 
-def measure(cluster: Cluster, rounds: int) -> int:
-    # This benchmark runs its own operator: remove the one `make up` installed, if any.
-    uninstall_make_up(cluster)
-    cluster.install_crds(ROOT / "crds")
+def apply_classes(cluster: Cluster) -> None:
+    """The bench's EngineClasses: the default (cold), a warm-pool one, and one of each
+    unprivileged tier."""
     cluster.kubectl(
         "apply",
         "-f",
@@ -395,6 +403,17 @@ def measure(cluster: Cluster, rounds: int) -> int:
     cluster.kubectl("apply", "-f", "-", input=json.dumps(engine_class(WARM_CLASS, warm_spec)))
     userns_spec = {"image": ENGINE_IMAGE, "isolation": "UserNamespace"}
     cluster.kubectl("apply", "-f", "-", input=json.dumps(engine_class(USERNS_CLASS, userns_spec)))
+    rootless_spec = {"image": ENGINE_IMAGE, **ROOTLESS_SPEC}
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps(engine_class(ROOTLESS_CLASS, rootless_spec))
+    )
+
+
+def measure(cluster: Cluster, rounds: int) -> int:
+    # This benchmark runs its own operator: remove the one `make up` installed, if any.
+    uninstall_make_up(cluster)
+    cluster.install_crds(ROOT / "crds")
+    apply_classes(cluster)
     client = new_client_from_config(str(cluster.kubeconfig))
     custom, core = CustomObjectsApi(client), CoreV1Api(client)
     ns = f"bench-{uuid.uuid4().hex[:6]}"
@@ -413,6 +432,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
         wait_pool(custom)
         run_buildjob(custom, core, ns, "warm-up-warm", WARM_CLASS)
         run_buildjob(custom, core, ns, "warm-up-userns", USERNS_CLASS)
+        run_buildjob(custom, core, ns, "warm-up-rootless", ROOTLESS_CLASS)
         run_runner(custom, core, ns, "warm-up-runner", "bench")
         run_labelled(custom, core, ns, "warm-up-labelled", "bench")
         run_baseline(core, ns, "warm-up")
@@ -424,6 +444,9 @@ def measure(cluster: Cluster, rounds: int) -> int:
                 ),
                 "user-namespace BuildJob": partial(
                     run_buildjob, custom, core, ns, f"userns-{i:02d}", USERNS_CLASS
+                ),
+                "rootless BuildJob": partial(
+                    run_buildjob, custom, core, ns, f"rootless-{i:02d}", ROOTLESS_CLASS
                 ),
                 "DockerEngine": partial(run_runner, custom, core, ns, f"runner-{i:02d}", "bench"),
                 "warm DockerEngine": partial(
@@ -446,7 +469,9 @@ def measure(cluster: Cluster, rounds: int) -> int:
     finally:
         op.stop()
         unregister_webhook(cluster, helm)
-        cluster.kubectl("delete", "engineclass", WARM_CLASS, USERNS_CLASS, "--ignore-not-found")
+        cluster.kubectl(
+            "delete", "engineclass", WARM_CLASS, USERNS_CLASS, ROOTLESS_CLASS, "--ignore-not-found"
+        )
         core.delete_namespace(ns)
     rows: list[tuple[str, str, str]] = []
     targets = {
@@ -471,6 +496,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
         ("BuildJob", "<= 1.2x"),
         ("warm BuildJob", "<= 0.9x"),
         ("user-namespace BuildJob", "-"),
+        ("rootless BuildJob", "-"),
         ("DockerEngine", "-"),
         ("warm DockerEngine", "<= 0.9x"),
         ("warm labelled pod", "-"),
@@ -482,7 +508,8 @@ def measure(cluster: Cluster, rounds: int) -> int:
         rows.append((f"{kind}s that got a warm engine", f"{hits} / {rounds}", "-"))
     notes = [
         f"{rounds} rounds, each a cold BuildJob, a warm-pool BuildJob (pool of {WARM_POOL}), a "
-        "cold BuildJob of the UserNamespace tier, a CI pod running `remote-docker setup` (cold, "
+        "cold BuildJob of the UserNamespace tier and one of the Rootless tier, a CI pod "
+        "running `remote-docker setup` (cold, "
         "then warm: the DockerEngine kinds), a CI pod labelled for a warm engine and the "
         "baseline pod, one at a time, the order "
         "rotated each round, "

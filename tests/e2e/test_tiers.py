@@ -62,6 +62,20 @@ def test_a_node_without_the_profile_fails_the_buildjob_with_the_kubelets_words(
     assert "not-installed.json" in status["message"], status
 
 
+def test_a_rootless_engine_without_tun_fails_the_buildjob_saying_so(
+    kube: Kube, operator: OperatorProcess, ns: str, classes: Any
+) -> None:
+    """A Rootless class without the RuntimeClass that gives its engine /dev/net/tun (the
+    positive control: the Rootless tests below, with it)."""
+    spec = {**ENGINE_CLASS, **TIERS["Rootless"]}
+    del spec["runtimeClassName"]
+    name = classes(engine_class("tier-rootless-no-tun", spec))
+    kube.create_buildjob(ns, "no-tun", job("docker version", **engine(name)))
+    status = kube.wait_phase(ns, "no-tun", "Succeeded", "Failed", timeout=120)
+    assert (status["phase"], status["reason"]) == ("Failed", "EngineFailed"), status
+    assert "no /dev/net/tun in the engine container" in status["message"], status
+
+
 @pytest.fixture
 def tiers(classes: Any) -> dict[str, str]:
     """One EngineClass per tier: {tier: class name}."""
@@ -133,19 +147,20 @@ def test_unprivileged_engine_runs_what_a_ci_job_needs(
     assert "served-by-web" in output
 
 
-def test_user_namespace_engines_come_warm_cached_and_publish_ports(
-    kube: Kube, operator: OperatorProcess, ns: str, classes: Any
+@pytest.mark.parametrize("tier", ["UserNamespace", "Rootless"])
+def test_unprivileged_engines_come_warm_cached_and_publish_ports(
+    kube: Kube, operator: OperatorProcess, ns: str, classes: Any, tier: str
 ) -> None:
     """The tier with what else a class offers: a warm engine claimed and built on, a layer
     cache found on the second run, published ports reached from the job."""
     spec = {
         **ENGINE_CLASS,
-        **TIERS["UserNamespace"],
+        **TIERS[tier],
         "imagePullPolicy": "Never",
         "warmPool": {"size": 1},
         "cache": {"storageClassName": "local-path", "size": "5Gi"},
     }
-    name = classes(engine_class("tier-userns-features", spec))
+    name = classes(engine_class(f"tier-{tier.lower()}-features", spec))
 
     def warm_ready() -> bool:
         body = kube.custom.get_cluster_custom_object(
