@@ -2,6 +2,9 @@
 # Writes user-namespace-engine.json from containerd's default profile at the version the local
 # cluster runs (cluster/versions.env), for the capabilities the UserNamespace engine container has:
 # containerd's defaults plus SYS_ADMIN and NET_ADMIN (builders.USER_NAMESPACE_ENGINE). For x86-64.
+# The Rootless tier's engine, which adds no capability, uses it too: its launcher and dockerd make
+# the calls those capabilities' rules let through (unshare, mount, setns) in a user namespace of
+# their own, and a filter judges the call, not the capability it is made with.
 #   seccomp/generate.sh [OUT]     (default: seccomp/user-namespace-engine.json, and its copy in the
 #                                 chart, which installs it on nodes: seccompProfile.install)
 set -euo pipefail

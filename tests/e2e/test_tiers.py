@@ -374,3 +374,18 @@ def test_engine_processes_seen_from_the_node(
         assert any(c.startswith("pasta") for c in commands), processes  # pasta.avx2 where it can
         assert min(uid for _, uid in processes.values()) >= 65536, processes
     kube.delete_buildjob(ns, name)
+
+
+def test_the_rootless_example_runs_as_a_user_would_apply_it(
+    cluster: Any, kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """examples/rootless-engine.yaml (its EngineClass and BuildJob), applied with kubectl."""
+    example = ROOT / "examples" / "rootless-engine.yaml"
+    cluster.kubectl("apply", "-n", ns, "-f", str(example))
+    try:
+        status = kube.wait_phase(ns, "rootless-engine", "Succeeded", "Failed", timeout=300)
+        output = job_log(kube, ns, "rootless-engine")
+    finally:
+        cluster.kubectl("delete", "engineclass", "rootless", "--ignore-not-found")
+    assert status["phase"] == "Succeeded", (status, output)
+    assert "privileged: refused" in output, output
