@@ -184,17 +184,45 @@ def test_engine_pod(target: Target) -> None:
     assert mounts == {"/var/lib/docker", "/certs/server"}
 
 
-def test_user_namespace_engine_pod() -> None:
-    t = make_target(engine_class={"image": "d", "isolation": "UserNamespace"})
-    spec = builders.build_engine_pod(t)["spec"]
+ROOTLESS = {
+    "image": "d",
+    "isolation": "Rootless",
+    "seccompProfile": "remote-docker-operator/user-namespace-engine.json",
+}
+
+
+@pytest.mark.parametrize(
+    ("engine_class", "context"),
+    [
+        (
+            {"image": "d", "isolation": "UserNamespace"},
+            {
+                "privileged": False,
+                "procMount": "Unmasked",
+                "capabilities": {"add": ["SYS_ADMIN", "NET_ADMIN"]},
+                "seccompProfile": {"type": "Unconfined"},
+            },
+        ),
+        # A baseline pod: no capability added, the class's profile.
+        (
+            ROOTLESS,
+            {
+                "privileged": False,
+                "procMount": "Unmasked",
+                "seccompProfile": {
+                    "type": "Localhost",
+                    "localhostProfile": ROOTLESS["seccompProfile"],
+                },
+            },
+        ),
+    ],
+    ids=["UserNamespace", "Rootless"],
+)
+def test_unprivileged_engine_pods(engine_class: dict[str, Any], context: dict[str, Any]) -> None:
+    spec = builders.build_engine_pod(make_target(engine_class=engine_class))["spec"]
     [c] = spec["containers"]
     assert spec["hostUsers"] is False
-    assert c["securityContext"] == {
-        "privileged": False,
-        "procMount": "Unmasked",
-        "capabilities": {"add": ["SYS_ADMIN", "NET_ADMIN"]},
-        "seccompProfile": {"type": "Unconfined"},
-    }
+    assert c["securityContext"] == context
     assert "--rootless" in c["args"]
     assert "--tlsverify" in c["args"]
     # The privileged tier is the default and unchanged.
@@ -219,34 +247,19 @@ def test_user_namespace_engine_pod_with_a_seccomp_profile() -> None:
     assert builders.USER_NAMESPACE_ENGINE["seccompProfile"] == {"type": "Unconfined"}
 
 
-ROOTLESS = {
-    "image": "d",
-    "isolation": "Rootless",
-    "seccompProfile": "remote-docker-operator/user-namespace-engine.json",
-}
-
-
-def test_rootless_engine_pod_is_a_baseline_pod() -> None:
-    """No capability added, not privileged, the class's profile; dockerd takes its socket from
-    the launcher (fd://) and runs rootless in the namespace the launcher nests in the pod's."""
+def test_rootless_engine_pod_runs_dockerd_nested_on_a_socket_it_is_handed() -> None:
+    """dockerd takes its socket from the launcher (fd://) and runs rootless in the namespace
+    the launcher nests in the pod's; its namespace enforces baseline, the other tiers' stay
+    privileged."""
     t = make_target(engine_class=ROOTLESS)
-    spec = builders.build_engine_pod(t)["spec"]
-    [c] = spec["containers"]
-    assert spec["hostUsers"] is False
-    assert c["securityContext"] == {
-        "privileged": False,
-        "procMount": "Unmasked",
-        "seccompProfile": {"type": "Localhost", "localhostProfile": ROOTLESS["seccompProfile"]},
-    }
+    [c] = builders.build_engine_pod(t)["spec"]["containers"]
     assert c["command"][:2] == ["sh", "-c"]
     launcher = c["command"][2]
     assert "unshare --user" in launcher
     assert "pasta" in launcher
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
     assert c["args"][:2] == ["--host=fd://", "--tlsverify"]
-    assert "--rootless" in c["args"]
     assert not any(a.startswith("--host=tcp") for a in c["args"])
-    # Its namespace enforces baseline; the other tiers' stay privileged.
     labels = builders.build_namespace(t)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "baseline"
     for other in ({"image": "d"}, {"image": "d", "isolation": "UserNamespace"}):
