@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from kubernetes.config import new_client_from_config
 
+from remote_docker_operator import names
+
 from ..support import (
     ARTIFACTS,
     OPERATOR_USER,
@@ -120,9 +122,29 @@ def ns(kube: Kube) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     kube.create_namespace(name)
     yield name
-    # Wait until it is gone, BuildJobs and all, so one test's teardown never overlaps the next.
+    # Its BuildJobs and DockerEngines are gone (the operator done with them) before the next
+    # test, so one test's teardown never overlaps the next; the namespace itself is left to
+    # Kubernetes (deleting an empty one still takes the namespace controller about 5 s). Its
+    # pods go at once: the controller would look again only after half their grace period.
+    kube.core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+    for plural in PLURALS:
+        kube.custom.delete_collection_namespaced_custom_object(
+            names.GROUP, names.VERSION, name, plural
+        )
+
+    def emptied() -> bool:
+        return not any(
+            kube.custom.list_namespaced_custom_object(names.GROUP, names.VERSION, name, plural)[
+                "items"
+            ]
+            for plural in PLURALS
+        )
+
+    wait_for(emptied, timeout=120, what=f"the BuildJobs and DockerEngines of {name} gone")
     kube.core.delete_namespace(name)
-    wait_for(lambda: not kube.namespace_exists(name), timeout=120, what=f"namespace {name} gone")
+
+
+PLURALS = (names.PLURAL, names.DOCKER_ENGINE_PLURAL)
 
 
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
