@@ -103,6 +103,17 @@ docker run --rm --network container:app {BUSYBOX} wget -qO- localhost:8080/hostn
 )
 
 
+# In the Rootless tier a published port answers once pasta's next scan (each second) has found
+# it bound in the engine's network namespace: the job waits for the fixed one, as a client that
+# retries (testcontainers) does, before the probes.
+PUBLISHED_AND_FORWARDED = PUBLISH.replace(
+    "sleep 1\n",
+    'for _ in $(seq 40); do timeout 1 bash -c "exec 3<>/dev/tcp/$host/8080" 2>/dev/null '
+    "&& break; sleep 0.25; done\n",
+)
+assert PUBLISHED_AND_FORWARDED != PUBLISH
+
+
 @pytest.mark.parametrize("tier", UNPRIVILEGED)
 def test_unprivileged_engine_runs_what_a_ci_job_needs(
     kube: Kube, operator: OperatorProcess, ns: str, tiers: dict[str, str], tier: str
@@ -193,7 +204,9 @@ def test_unprivileged_engines_come_warm_cached_and_publish_ports(
         assert "CACHED" not in cold, cold
         assert "CACHED" in warm, warm
 
-        status, output = run(kube, ns, "ports", PUBLISH, network=OPENED, **engine(name))
+        status, output = run(
+            kube, ns, "ports", PUBLISHED_AND_FORWARDED, network=OPENED, **engine(name)
+        )
         assert status["phase"] == "Succeeded", (status, output)
         assert checks(output) == {
             "ephemeral-port-given": "yes",
