@@ -1,8 +1,10 @@
 """Isolation tiers on the real cluster: what a job can do to the node through its engine.
 
-The UserNamespace tier's engine runs the patterns a CI job needs without a privileged pod, and
-the escape checks fail there; the same checks against the Privileged tier show what it exposes,
-so the difference is on record. Every check runs from a job, through its own engine.
+The UserNamespace and Rootless tiers' engines run the patterns a CI job needs without a
+privileged pod (the Rootless one a baseline pod), and the escape checks fail there; the same
+checks against the Privileged tier show what it exposes, so the difference is on record. Every
+check runs from a job, through its own engine; the uids the engine's processes have on the node
+are read from the node itself.
 """
 
 import errno
