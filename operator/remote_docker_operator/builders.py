@@ -594,8 +594,11 @@ _ROOTLESS_LAUNCHER = (
 )
 
 
-def rootless_launcher(cached: bool) -> str:
-    """The Rootless engine's launcher; cached, a clean stop also clears the volume's marker."""
+def launcher(isolation: str, cached: bool) -> str:
+    """The engine container's script (its arguments are dockerd's). Cached, dockerd runs as a
+    child whose clean stop clears the volume's in-use marker."""
+    if isolation != names.ISOLATION_ROOTLESS:
+        return _CACHED_LAUNCHER if cached else _DIND_LAUNCHER
     done = (
         f'if [ "$rc" -eq 0 ]; then rm -f /var/lib/docker/{names.CACHE_MARKER}; fi; '
         if cached
@@ -655,7 +658,12 @@ def build_engine_pod(t: Target) -> Manifest:
     container: Manifest = {
         "name": names.ENGINE_CONTAINER,
         "image": engine.image,
-        "command": ["sh", "-c", _CACHED_LAUNCHER if engine.cache else _DIND_LAUNCHER, "dockerd"],
+        "command": [
+            "sh",
+            "-c",
+            launcher(engine.isolation, cached=engine.cache is not None),
+            "dockerd",
+        ],
         "args": dockerd_args(t),
         "env": env,
         "ports": [{"name": "docker-tls", "containerPort": names.ENGINE_PORT, "protocol": "TCP"}],
@@ -684,20 +692,19 @@ def build_engine_pod(t: Target) -> Manifest:
         "terminationGracePeriodSeconds": 10,
         "containers": [container],
     }
-    if engine.isolation == names.ISOLATION_ROOTLESS:
+    if engine.isolation != names.ISOLATION_PRIVILEGED:
         spec["hostUsers"] = False
-        container["command"] = ["sh", "-c", rootless_launcher(engine.cache is not None), "dockerd"]
-        container["securityContext"] = {**ROOTLESS_ENGINE}
-        # Its launcher's own words (tee'd to the termination log) when it fails before dockerd.
-        container["terminationMessagePolicy"] = "FallbackToLogsOnError"
-    elif engine.isolation == names.ISOLATION_USER_NAMESPACE:
-        spec["hostUsers"] = False
-        container["securityContext"] = {**USER_NAMESPACE_ENGINE}
-    if engine.isolation != names.ISOLATION_PRIVILEGED and engine.seccomp_profile:
-        container["securityContext"]["seccompProfile"] = {
-            "type": "Localhost",
-            "localhostProfile": engine.seccomp_profile,
-        }
+        rootless = engine.isolation == names.ISOLATION_ROOTLESS
+        container["securityContext"] = {**(ROOTLESS_ENGINE if rootless else USER_NAMESPACE_ENGINE)}
+        if engine.seccomp_profile:
+            container["securityContext"]["seccompProfile"] = {
+                "type": "Localhost",
+                "localhostProfile": engine.seccomp_profile,
+            }
+        if rootless:
+            # Its launcher's own words (tee'd to the termination log) when it fails before
+            # dockerd.
+            container["terminationMessagePolicy"] = "FallbackToLogsOnError"
     if engine.cache:
         data = {"persistentVolumeClaim": {"claimName": names.CACHE_CLAIM}}
         spec["terminationGracePeriodSeconds"] = CACHED_GRACE_SECONDS

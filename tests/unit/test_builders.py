@@ -281,7 +281,7 @@ def test_rootless_launcher_is_valid_sh_and_clears_the_cache_marker_only_when_cac
         # Kubernetes makes $$ in a command $ (its escape for $(VAR)).
         assert "$$" not in script
     assert names.CACHE_MARKER not in plain["spec"]["containers"][0]["command"][2]
-    assert builders.rootless_launcher(True).count(names.CACHE_MARKER) == 1
+    assert builders.launcher(names.ISOLATION_ROOTLESS, cached=True).count(names.CACHE_MARKER) == 1
 
 
 def test_engine_options() -> None:
