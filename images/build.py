@@ -154,6 +154,8 @@ OPERATOR_PACKAGES = ("python3", "python-is-python3", "ca-certificates", "libjema
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 OPERATOR_ALLOCATOR_ENV = (f"LD_PRELOAD={JEMALLOC}", "PYTHONMALLOC=malloc")
 OPERATOR_APP_DIR = "opt/app"
+# Where the operator image holds the gate (gate/main.go) that job pods copy: names.GATE_IN_IMAGE.
+GATE_IN_IMAGE = "/usr/local/bin/remote-docker-gate"
 OPERATOR_USER = 65532  # "nonroot", as in distroless images; the chart runs the operator as it
 # What the operator's wheel is built from (relative to the checkout): a change to any of these
 # rebuilds the app layer only. Not the README (pyproject's `readme`): the wheel gets a stub, so
@@ -1436,6 +1438,50 @@ def plan_operator_app(base: LayerPlan, checkout: Path = REPO_ROOT) -> LayerPlan:
     )
 
 
+def gate_sources(checkout: Path = REPO_ROOT) -> dict[str, Path]:
+    """The gate's Go module (gate/): standard library only, so it builds without the proxy."""
+    return {path.name: path for path in sorted((checkout / "gate").glob("*")) if path.is_file()}
+
+
+def produce_gate(sources: dict[str, Path], out: Path) -> None:
+    with work_dir("gate") as work:
+        module = work / "gate"
+        module.mkdir()
+        for name, path in sources.items():
+            shutil.copy(path, module / name)
+        root = work / "rootfs"
+        binary = root / GATE_IN_IMAGE.lstrip("/")
+        binary.parent.mkdir(parents=True)
+        env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-buildvcs=false"}
+        run(
+            [go_binary(), "build", "-trimpath", "-ldflags=-s -w", "-o", binary, "."],
+            env=env,
+            cwd=module,
+        )
+        binary.chmod(0o755)
+        for directory in binary.parents:
+            if directory == root:
+                break
+            directory.chmod(0o755)
+        write_layer(root, out)
+
+
+def plan_gate(checkout: Path = REPO_ROOT) -> LayerPlan:
+    """The gate a BuildJob's job container starts behind (gate/main.go), copied from the
+    operator image into the job pod."""
+    sources = gate_sources(checkout)
+    return LayerPlan(
+        input_key(
+            "gate",
+            GATE_IN_IMAGE,
+            {name: sha256_file(path) for name, path in sources.items()},
+            code=(produce_gate, write_layer),
+        ),
+        f"CGO_ENABLED=0 go build -o {GATE_IN_IMAGE} ./gate",
+        lambda out: produce_gate(sources, out),
+    )
+
+
 def plan_operator(checkout: Path = REPO_ROOT) -> ImagePlan:
     """Debian's Python in one layer, the project and its dependencies in another: a change to
     the source rebuilds only the second."""
@@ -1455,7 +1501,8 @@ def plan_operator(checkout: Path = REPO_ROOT) -> ImagePlan:
     ref = IMAGES["operator"]
     if checkout != REPO_ROOT:
         ref = f"{split_ref(ref)[0]}:{project_version(checkout)}"
-    return ImagePlan("operator", ref, config, (base, plan_operator_app(base, checkout)))
+    layers = (base, plan_gate(checkout), plan_operator_app(base, checkout))
+    return ImagePlan("operator", ref, config, layers)
 
 
 PLANS: dict[str, Callable[[], ImagePlan]] = {

@@ -107,6 +107,15 @@ ISOLATION_ROOTLESS = "Rootless"
 # Where a Rootless engine's container finds the tun device its network needs (pasta).
 TUN_DEVICE = "/dev/net/tun"
 WAIT_CONTAINER = "wait-for-engine"
+# A job pod whose command is known waits for its engine in the job container itself, behind the
+# gate (gate/main.go): this init container copies it from the wait image into the volume.
+GATE_CONTAINER = "install-gate"
+GATE_VOLUME = "remote-docker-gate"
+GATE_DIR = "/remote-docker-gate"
+GATE_BINARY = "remote-docker-gate"
+GATE_IN_IMAGE = f"/usr/local/bin/{GATE_BINARY}"
+# How the gate's own words begin (its termination log), as told from the job's.
+GATE_MARK = f"{GATE_BINARY}: "
 # The webhook's init container in a client pod, and the volume with its client certificates.
 CLIENT_WAIT_CONTAINER = "remote-docker-wait"
 CLIENT_CERT_VOLUME = "remote-docker-client"

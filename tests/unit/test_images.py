@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from remote_docker_operator import names
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -187,6 +189,8 @@ def fake_checkout(root: Path, version: str) -> Path:
     (root / "operator/remote_docker_operator/handlers.py").write_text("A = 1\n")
     (root / "operator/remote_docker_operator/__pycache__/handlers.cpython-311.pyc").write_bytes(b"")
     (root / "operator/remote_docker_operator.egg-info").mkdir()
+    (root / "gate").mkdir()
+    (root / "gate/main.go").write_text("package main\n")
     return root
 
 
@@ -220,11 +224,11 @@ def test_operator_sources_are_the_package_and_its_metadata() -> None:
     assert not [name for name in sources if "__pycache__" in name or name.endswith(".pyc")]
 
 
-def test_a_source_change_rebuilds_only_the_app_layer(tmp_path: Path) -> None:
+def test_a_source_change_rebuilds_only_its_layer(tmp_path: Path) -> None:
     checkout = fake_checkout(tmp_path / "repo", "9.8.7")
     first = build.plan_operator(checkout)
     assert first.ref == "rdo.local/remote-docker-operator:9.8.7"
-    base, app = first.layers
+    base, gate, app = first.layers
     assert base.key == build.plan_operator_base().key
     assert base.key != build.plan_debian_base().key
 
@@ -235,12 +239,24 @@ def test_a_source_change_rebuilds_only_the_app_layer(tmp_path: Path) -> None:
 
     (checkout / "operator/remote_docker_operator/handlers.py").write_text("A = 2\n")
     second = build.plan_operator(checkout)
-    assert second.layers[0].key == base.key
-    assert second.layers[1].key != app.key
+    assert [layer.key for layer in second.layers[:2]] == [base.key, gate.key]
+    assert second.layers[2].key != app.key
     assert second.key != first.key
 
     (checkout / "operator/remote_docker_operator/new.py").write_text("")
-    assert build.plan_operator(checkout).layers[1].key != second.layers[1].key
+    third = build.plan_operator(checkout)
+    assert third.layers[2].key != second.layers[2].key
+
+    # The gate's layer follows the gate's source, and only it does.
+    (checkout / "gate/main.go").write_text("package main // changed\n")
+    fourth = build.plan_operator(checkout)
+    assert fourth.layers[1].key != gate.key
+    assert [fourth.layers[0].key, fourth.layers[2].key] == [base.key, third.layers[2].key]
+
+
+def test_the_gate_is_where_job_pods_copy_it_from() -> None:
+    assert build.GATE_IN_IMAGE == names.GATE_IN_IMAGE
+    assert set(build.gate_sources()) == {"go.mod", "main.go"}
 
 
 def test_manylinux_platforms_cover_older_glibcs() -> None:

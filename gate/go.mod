@@ -1,0 +1,3 @@
+module remote-docker-operator/gate
+
+go 1.24
