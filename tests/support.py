@@ -421,8 +421,8 @@ def register_webhook(
     return {
         "RDO_WEBHOOK_PORT": str(port),
         "RDO_WEBHOOK_CERT_DIR": str(cert_dir),
-        "RDO_CLIENT_WAIT_IMAGE": wait_image,
-        "RDO_CLIENT_WAIT_IMAGE_PULL_POLICY": pull_policy,
+        "RDO_WAIT_IMAGE": wait_image,
+        "RDO_WAIT_IMAGE_PULL_POLICY": pull_policy,
     }
 
 

@@ -33,9 +33,7 @@ def main() -> None:
     if settings.webhook_port:
         # Every replica, the standbys too: admission is stateless, and a pod asking for an
         # engine must not wait for a new leader.
-        admitter = webhook.Admitter(
-            Kube(), settings.client_wait_image, settings.client_wait_image_pull_policy
-        )
+        admitter = webhook.Admitter(Kube(), settings.wait_image, settings.wait_image_pull_policy)
         webhook.serve(settings.webhook_port, Path(settings.webhook_cert_dir), admitter)
     if settings.leader_election:
         elector = leader.lead(settings, liveness)

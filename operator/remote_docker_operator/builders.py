@@ -890,6 +890,40 @@ def _wait_for_engine(t: Target) -> Manifest:
     return container
 
 
+def _gate_flags(t: Target) -> list[str]:
+    """The gate's probe of what the policies deny, as the wait container's: the class's
+    targets, else the API server; none when the class turns the probe off."""
+    flags = [f"-timeout={WAIT_FOR_ENGINE_SECONDS}s"]
+    targets = t.engine.probe_targets
+    if targets is None:
+        return flags
+    flags.append(f"-grace={PROBE_GRACE_SECONDS}s")
+    if not targets:
+        return [*flags, "-probe-api"]
+    return flags + [f"-probe={target}" for target in targets]
+
+
+def _install_gate(t: Target) -> Manifest:
+    """The init container that puts the gate where the job container finds it: it only copies
+    a file, so it has ended by the kubelet's next look and the job container starts then."""
+    return {
+        "name": names.GATE_CONTAINER,
+        "image": t.settings.wait_image,
+        "imagePullPolicy": t.settings.wait_image_pull_policy,
+        "command": [names.GATE_IN_IMAGE, "install", names.GATE_DIR],
+        "volumeMounts": [{"name": names.GATE_VOLUME, "mountPath": names.GATE_DIR}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+        "securityContext": UNPRIVILEGED,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+
+
+def gated(t: Target) -> bool:
+    """Whether the job container waits for its engine itself, behind the gate: it needs the
+    job's command (an image's own entrypoint is not known here) and the wait image."""
+    return bool(t.settings.wait_image and t.job_spec.job.command)
+
+
 def build_job_pod(t: Target) -> Manifest:
     request = t.job_spec
     job = request.job
@@ -945,12 +979,27 @@ def build_job_pod(t: Target) -> Manifest:
         else None,
     }
     container.update({k: v for k, v in optional.items() if v is not None})
+    if gated(t):
+        # Both lists in the command, since the kubelet expands $(VAR) in each alike.
+        command = [*(job.command or []), *(job.args or [])]
+        container["command"] = [
+            f"{names.GATE_DIR}/{names.GATE_BINARY}",
+            *_gate_flags(t),
+            "--",
+            *command,
+        ]
+        container.pop("args", None)
+        mounts.append({"name": names.GATE_VOLUME, "mountPath": names.GATE_DIR, "readOnly": True})
+        volumes.append({"name": names.GATE_VOLUME, "emptyDir": {"sizeLimit": "32Mi"}})
+        init = _install_gate(t)
+    else:
+        init = _wait_for_engine(t)
     spec: Manifest = {
         "restartPolicy": "Never",
         "activeDeadlineSeconds": t.pod_deadline_seconds,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
-        "initContainers": [_wait_for_engine(t)],
+        "initContainers": [init],
         "containers": [container],
         "volumes": volumes,
     }

@@ -119,18 +119,20 @@ class Settings(BaseSettings):
         description="Directory with the webhook's serving certificate (tls.crt, tls.key).",
         json_schema_extra=CHART_FIXED,
     )
-    client_wait_image: str = Field(
+    wait_image: str = Field(
         "",
-        description="Image of the init container the webhook puts first in a client pod: it holds "
-        "the pod's containers back until the engine answers (the chart: the operator's own "
-        "image). Empty: no such container, so a pod's containers may start before its engine.",
+        description="Image with the operator's waits for an engine (the chart: the operator's own "
+        "image): the init container the webhook puts first in a client pod, which holds the pod's "
+        "containers back until the engine answers, and the gate a BuildJob's job container with "
+        "a command starts behind. Empty: a client pod gets no wait, and every job pod waits in an "
+        "init container of the engine image (slower: the kubelet starts the job a relist later).",
         json_schema_extra=chart_derived(
             'include "remote-docker-operator.image" . | quote', "the operator's image"
         ),
     )
-    client_wait_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+    wait_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         "IfNotPresent",
-        description="Pull policy of that init container's image.",
+        description="Pull policy of that image.",
         json_schema_extra=chart_derived(".Values.image.pullPolicy | quote", "`image.pullPolicy`"),
     )
     leader_election: bool = Field(

@@ -312,8 +312,10 @@ def _job_outcome(k: Known) -> list[Action]:
         return [done, Finish()]
     if pods.is_terminating(job):
         return [deleted]
-    stuck = pods.waiting_failure(job, names.JOB_CONTAINER) or pods.waiting_failure(
-        job, names.WAIT_CONTAINER
+    stuck = (
+        pods.waiting_failure(job, names.JOB_CONTAINER)
+        or pods.waiting_failure(job, names.WAIT_CONTAINER)
+        or pods.waiting_failure(job, names.GATE_CONTAINER)
     )
     if stuck is not None:
         reason = st.IMAGE_PULL_FAILED if stuck[0] in pods.PULL_FAILURES else st.INVALID_SPEC
@@ -338,9 +340,11 @@ def engine_failure(engine: Obj) -> Fail | None:
 
 
 def job_gave_up(job: Obj) -> Fail | None:
-    """The job pod's init container gave up: the engine never answered, or a destination the
-    NetworkPolicy denies did."""
-    unreachable = pods.init_failed(job, names.WAIT_CONTAINER)
+    """The job pod's wait gave up (its init container, or the gate in its job container): the
+    engine never answered, or a destination the NetworkPolicy denies did."""
+    unreachable = pods.init_failed(job, names.WAIT_CONTAINER) or pods.gave_up(
+        job, names.JOB_CONTAINER, names.GATE_MARK
+    )
     if unreachable is None:
         return None
     if unreachable.get("exitCode") == builders.PROBE_REACHABLE_EXIT:

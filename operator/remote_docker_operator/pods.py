@@ -57,6 +57,15 @@ def init_failed(pod: Pod, container: str) -> dict[str, Any] | None:
     return dict(state) if state and state.get("exitCode") else None
 
 
+def gave_up(pod: Pod, container: str, mark: str) -> dict[str, Any] | None:
+    """The terminated state of a container that exited non-zero with a termination message
+    that begins with mark (a wait that gave up before the container's own command ran)."""
+    state = (_container_status(pod, container).get("state") or {}).get("terminated")
+    if state and state.get("exitCode") and str(state.get("message") or "").startswith(mark):
+        return dict(state)
+    return None
+
+
 def is_ready(pod: Pod) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)

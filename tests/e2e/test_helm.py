@@ -79,8 +79,8 @@ def helm(cluster: Any, operator: OperatorProcess) -> Iterator[Any]:
             cluster,
             Path(HELM),
             int(env["RDO_WEBHOOK_PORT"]),
-            env["RDO_CLIENT_WAIT_IMAGE"],
-            env["RDO_CLIENT_WAIT_IMAGE_PULL_POLICY"],
+            env["RDO_WAIT_IMAGE"],
+            env["RDO_WAIT_IMAGE_PULL_POLICY"],
         )
         operator.start()
 

@@ -3,7 +3,9 @@ cluster/kwok-stages.yaml plays that kubelet): each BuildJob ends Failed with the
 kubelet's own words, instead of waiting for its deadline.
 
 The triggers are what a user could write: an image tag `does-not-exist` cannot be pulled, an
-engine image tagged `never-answers` runs but never answers its job pod's wait-for-engine, and an
+engine image tagged `never-answers` runs but never answers its job pod's wait-for-engine (a job
+without a command: one with a command waits behind the gate in its own container, whose giving
+up the stage plays from the job's KWOK_EXIT_CODE and KWOK_EXIT_MESSAGE), and an
 env or envFrom reference to a Secret or ConfigMap named `missing-*` (the stage's stand-in for
 one the BuildJob's namespace lacks) cannot be resolved. Other references, or optional ones, are
 the positive control: the same stage lets that job run.
@@ -77,6 +79,48 @@ def test_engine_never_answers(kube: Kube, operator: OperatorProcess, ns: str) ->
     ), status
     assert status["engine"]["ready"] is False, status
     assert_cut_short(kube, ns, "silent", status["namespace"], "EngineFailed")
+
+
+@pytest.mark.parametrize(
+    ("code", "said", "reason"),
+    [
+        (1, "engine tcp://engine.x.svc:2376 unreachable over mutual TLS: EOF", "EngineFailed"),
+        (
+            3,
+            "NetworkPolicy is not enforced: 10.96.0.1:443, which the policies deny, answered "
+            "from the job pod",
+            "NetworkPolicyNotEnforced",
+        ),
+    ],
+)
+def test_the_gate_gives_up(
+    kube: Kube, operator: OperatorProcess, ns: str, code: int, said: str, reason: str
+) -> None:
+    """A job with a command waits behind the gate in its job container; when the gate gives
+    up, the BuildJob fails for the wait's reason, in the gate's words, not as the job's."""
+    message = names.GATE_MARK + said
+    env = [
+        {"name": "KWOK_EXIT_CODE", "value": str(code)},
+        {"name": "KWOK_EXIT_MESSAGE", "value": message},
+    ]
+    kube.create_buildjob(ns, "gated", {"job": job(command=["make"], env=env)})
+    pod = wait_for(lambda: kube.pod(ns, names.job_pod("gated")), what="the job pod")
+    assert [c.name for c in pod.spec.init_containers] == [names.GATE_CONTAINER]
+    assert pod.spec.containers[0].command[-2:] == ["--", "make"]
+    status = finish(kube, ns, "gated")
+    assert (status["phase"], status["reason"]) == ("Failed", reason), status
+    assert status["message"].endswith(f"exit code {code} (Error): {message}"), status
+    assert_cut_short(kube, ns, "gated", status["namespace"], reason)
+
+
+def test_a_job_that_fails_with_the_gates_exit_code_is_the_jobs_failure(
+    kube: Kube, operator: OperatorProcess, ns: str
+) -> None:
+    """The control: the same exit code without the gate's words is the job's own."""
+    env = [{"name": "KWOK_EXIT_CODE", "value": "3"}]
+    kube.create_buildjob(ns, "own", {"job": job(command=["make"], env=env)})
+    status = finish(kube, ns, "own")
+    assert (status["phase"], status["reason"], status["exitCode"]) == ("Failed", "JobFailed", 3)
 
 
 # (id, spec.job fields, the kubelet's message): references to what the BuildJob's namespace

@@ -447,6 +447,92 @@ def test_job_waits_for_its_engine_over_tls(target: Target) -> None:
     assert init["volumeMounts"][0]["mountPath"] == "/certs/client"
 
 
+GATE = f"{names.GATE_DIR}/{names.GATE_BINARY}"
+
+
+def test_a_job_with_a_command_waits_behind_the_gate() -> None:
+    t = make_target(
+        {"job": {"image": "a", "command": ["sh", "-c"], "args": ["make $(TARGET)", "x"]}},
+        wait_image="rdo/operator:1",
+        wait_image_pull_policy="Never",
+    )
+    spec = builders.build_job_pod(t)["spec"]
+    [install] = spec["initContainers"]
+    assert install["name"] == names.GATE_CONTAINER
+    assert (install["image"], install["imagePullPolicy"]) == ("rdo/operator:1", "Never")
+    assert install["command"] == [names.GATE_IN_IMAGE, "install", names.GATE_DIR]
+    [job] = spec["containers"]
+    # The user's command and args, whole and in order, after the gate's flags: the kubelet
+    # expands $(TARGET) in the command as it would have in args.
+    assert job["command"] == [
+        GATE,
+        f"-timeout={builders.WAIT_FOR_ENGINE_SECONDS}s",
+        f"-grace={builders.PROBE_GRACE_SECONDS}s",
+        "-probe-api",
+        "--",
+        "sh",
+        "-c",
+        "make $(TARGET)",
+        "x",
+    ]
+    assert "args" not in job
+    volume = {"name": names.GATE_VOLUME, "emptyDir": {"sizeLimit": "32Mi"}}
+    assert volume in spec["volumes"]
+    mount = {"name": names.GATE_VOLUME, "mountPath": names.GATE_DIR}
+    assert {**mount, "readOnly": True} in job["volumeMounts"]
+    assert install["volumeMounts"] == [mount]
+    assert install["securityContext"] == job["securityContext"] == builders.UNPRIVILEGED
+
+
+@pytest.mark.parametrize(
+    ("probe", "flags"),
+    [
+        ({"enabled": False}, []),
+        (
+            {"targets": ["10.0.0.1:443", "[fd00::1]:80"]},
+            ["-probe=10.0.0.1:443", "-probe=[fd00::1]:80"],
+        ),
+    ],
+)
+def test_the_gate_probes_what_the_class_says(probe: dict[str, Any], flags: list[str]) -> None:
+    t = make_target(
+        {"job": {"image": "a", "command": ["true"]}},
+        {"image": "d", "networkPolicyProbe": probe},
+        wait_image="rdo/operator:1",
+    )
+    command = builders.build_job_pod(t)["spec"]["containers"][0]["command"]
+    grace = [] if not flags else [f"-grace={builders.PROBE_GRACE_SECONDS}s"]
+    assert command == [
+        GATE,
+        f"-timeout={builders.WAIT_FOR_ENGINE_SECONDS}s",
+        *grace,
+        *flags,
+        "--",
+        "true",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("job", "wait_image"),
+    [
+        ({"image": "a", "args": ["x"]}, "rdo/operator:1"),  # the image's own entrypoint
+        ({"image": "a", "command": ["x"]}, ""),  # no wait image configured
+    ],
+)
+def test_without_command_or_wait_image_the_init_container_waits(
+    job: dict[str, Any], wait_image: str
+) -> None:
+    t = make_target({"job": job}, wait_image=wait_image)
+    spec = builders.build_job_pod(t)["spec"]
+    assert [c["name"] for c in spec["initContainers"]] == [names.WAIT_CONTAINER]
+    [container] = spec["containers"]
+    assert (container.get("command"), container.get("args")) == (
+        job.get("command"),
+        job.get("args"),
+    )
+    assert names.GATE_VOLUME not in [v["name"] for v in spec["volumes"]]
+
+
 # -- what the EngineClass decides ------------------------------------------------------------
 
 

@@ -454,11 +454,12 @@ def test_env_defaults_are_the_operators_defaults(
     # run by hand binds no port unasked (test_metrics_values).
     assert env.pop("RDO_METRICS_PORT") == "8000"
     assert Settings().metrics_port == 0
-    # Likewise the webhook, and the image of the wait it puts in client pods: the chart's own.
+    # Likewise the webhook, and the image of the waits (the webhook's, the job pods' gate):
+    # the chart's own.
     assert env.pop("RDO_WEBHOOK_PORT") == "9443"
     assert Settings().webhook_port == 0
-    assert env.pop("RDO_CLIENT_WAIT_IMAGE") == "remote-docker-operator:0.1.0"
-    assert Settings().client_wait_image == ""
+    assert env.pop("RDO_WAIT_IMAGE") == "remote-docker-operator:0.1.0"
+    assert Settings().wait_image == ""
     c = container(one(docs, "Deployment")["spec"]["template"]["spec"])
     fields = {
         e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
@@ -467,7 +468,7 @@ def test_env_defaults_are_the_operators_defaults(
     }
     settings_vars = {f"RDO_{name.upper()}" for name in Settings.model_fields}
     # RDO_FAILPOINT: test-only, not in the chart.
-    popped = {"RDO_METRICS_PORT", "RDO_WEBHOOK_PORT", "RDO_CLIENT_WAIT_IMAGE"}
+    popped = {"RDO_METRICS_PORT", "RDO_WEBHOOK_PORT", "RDO_WAIT_IMAGE"}
     assert set(env) | set(fields) | popped == settings_vars - {"RDO_FAILPOINT"}
     # The Lease: named after the release, in its namespace, held under the pod's name.
     assert fields == {
@@ -942,7 +943,7 @@ def test_webhook_is_served_by_the_operator_pods_with_a_certificate_for_its_servi
     assert Settings().webhook_port == 9555
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
     assert mounts["webhook-tls"] == Settings().webhook_cert_dir
-    assert env_values(c)["RDO_CLIENT_WAIT_IMAGE"] == c["image"]
+    assert env_values(c)["RDO_WAIT_IMAGE"] == c["image"]
 
     name = f"{FULLNAME}-webhook"
     (service,) = [s for s in find(docs, "Service") if s["metadata"]["name"] == name]

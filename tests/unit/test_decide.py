@@ -87,6 +87,29 @@ def test_job_exit_code_decides_the_phase() -> None:
     assert (failed[0].phase, failed[0].fields) == ("Failed", {"exitCode": 3})
 
 
+def test_the_gate_giving_up_is_the_wait_s_failure_not_the_job_s() -> None:
+    engine = pod(True)
+    cases = {
+        # exit code, termination message -> reason
+        (1, f"{names.GATE_MARK}engine tcp://e:2376 unreachable over mutual TLS: x"): (
+            st.ENGINE_FAILED
+        ),
+        (builders.PROBE_REACHABLE_EXIT, f"{names.GATE_MARK}NetworkPolicy is not enforced: x"): (
+            st.NETWORK_POLICY_NOT_ENFORCED
+        ),
+        # The job's own exit, with the same code but not the gate's words: the job failed.
+        (builders.PROBE_REACHABLE_EXIT, "tests failed"): st.JOB_FAILED,
+        (1, ""): st.JOB_FAILED,
+    }
+    for (code, message), reason in cases.items():
+        ended = {"exitCode": code, "reason": "Error", "message": message}
+        job = pod(who="job", terminated=ended)
+        [action, *_] = decide.decide(known("Running", children_made=True, engine=engine, job=job))
+        assert isinstance(action, (Fail, SetStatus))
+        assert action.reason == reason, (code, message)
+        assert message in action.message
+
+
 def test_engine_lost_while_running_fails() -> None:
     [action] = decide.decide(known("Running", children_made=True, engine=None, job=pod()))
     assert action == Fail(st.ENGINE_FAILED, "the engine pod was deleted")

@@ -27,9 +27,9 @@ generated from config.py's Settings by `make generate`; do not edit.
   value: {{ ternary .Values.webhook.port 0 .Values.webhook.enabled | int64 | toString | quote }}
 - name: RDO_WEBHOOK_CERT_DIR
   value: "/etc/remote-docker-operator/webhook"
-- name: RDO_CLIENT_WAIT_IMAGE
+- name: RDO_WAIT_IMAGE
   value: {{ include "remote-docker-operator.image" . | quote }}
-- name: RDO_CLIENT_WAIT_IMAGE_PULL_POLICY
+- name: RDO_WAIT_IMAGE_PULL_POLICY
   value: {{ .Values.image.pullPolicy | quote }}
 - name: RDO_LEADER_ELECTION
   value: {{ .Values.operator.leaderElection | toString | quote }}
