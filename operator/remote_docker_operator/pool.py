@@ -203,7 +203,6 @@ class Pool:
             member = min(fitting, key=lambda m: m.created, default=None)
             if member is not None:
                 member.claimed = True  # handed out once: from here on nobody else's
-        self.kick(class_name)
         if member is None or not self._take(state, t, member, now):
             self.misses[class_name] += 1
             metrics.warm_claim(class_name, hit=False)
@@ -211,6 +210,14 @@ class Pool:
         self.claims[class_name] += 1
         metrics.warm_claim(class_name, hit=True)
         return True
+
+    def refill_soon(self, class_name: str) -> None:
+        """After a claim (hit or miss), once the claimant's pods exist: a refill started during
+        the claim competes with it for the API server and the node (a new engine's start is a
+        second or two of CPU), and the claimant is the one waiting."""
+        pool, _ = self._wanted(class_name)
+        if pool is not None and pool.size > 0:
+            self.kick(class_name)
 
     def _take(self, state: JobState, t: Target, member: Member, now: datetime.datetime) -> bool:
         with self._lock:

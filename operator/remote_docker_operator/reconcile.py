@@ -225,6 +225,7 @@ class Reconciler:
         if state.target is None:
             state.target = self._resolve(state, state.spec)
         t = state.target
+        claimed_from: str | None = None
         if state.phase in queue.WAITING_PHASES:
             waiting = self._admit(state)
             if waiting is not None:
@@ -232,6 +233,7 @@ class Reconciler:
                 return
             if state.warm_id is None and t.engine.cache is None:
                 self.pool.claim(state, t)
+                claimed_from = t.engine.class_name
             if state.warm_id is not None:
                 state.target = t = replace(
                     t, job_namespace=state.job_namespace, warm_id=state.warm_id
@@ -254,6 +256,8 @@ class Reconciler:
             self._run(state, decide.decide(self._known(state, pods=True, drift_check=drift_check)))
         finally:
             state.started_here = False
+            if claimed_from is not None:
+                self.pool.refill_soon(claimed_from)
 
     def _known(self, state: JobState, pods: bool = False, drift_check: bool = False) -> Known:
         """What decide needs; with pods, the BuildJob's pods too (from the watch, or read)."""
