@@ -18,10 +18,12 @@ before the create call is sent (so the create call itself counts):
 
   engine Ready   BuildJob: the engine pod's Ready condition; baseline: the sidecar started;
                  a CI pod's: its DockerEngine Running
-  job Running    the job container running: its init container's mutual-TLS call to the
-                 engine succeeded from the job pod (the baseline's: dockerd answered; a CI
-                 pod's: `remote-docker setup` returned, its mutual-TLS call answered; a
-                 labelled pod's: its container started after the webhook's init container)
+  job started    the job's script began: its first line prints the node's clock, and the
+                 bench reads it from the job's log (the node is this machine). A BuildJob's
+                 job starts once the gate's mutual-TLS call to the engine succeeded from the
+                 job pod; the baseline's once dockerd answered its startup probe; a CI pod's
+                 once `remote-docker setup` returned, its own mutual-TLS call answered; a
+                 labelled pod's once the webhook's init container saw the engine answer
   done           BuildJob Succeeded; baseline: the job container exited 0 (the pod itself
                  ends seconds later, once its dockerd sidecar has shut down)
 
@@ -59,7 +61,8 @@ JOB_IMAGE = "rdo.local/job:1"
 OPERATOR_IMAGE = "rdo.local/remote-docker-operator:0.1.0"  # the webhook's wait container
 BUSYBOX = "rdo.local/busybox:1.36"
 ENV: dict[str, str] = {}
-BUILD = f"""set -e
+BUILD = f"""echo "job-start $(date +%s.%N)"
+set -e
 docker load -i /images/busybox.tar >/dev/null
 mkdir -p /tmp/app && cd /tmp/app
 printf '%s\\n' 'FROM {BUSYBOX} AS build' 'RUN echo built > /message' \\
@@ -67,11 +70,14 @@ printf '%s\\n' 'FROM {BUSYBOX} AS build' 'RUN echo built > /message' \\
 docker build -q -t app . >/dev/null
 docker run --rm app
 """
-MILESTONES = ("engine Ready", "job Running", "done")
-# Where a BuildJob's time to "job Running" goes, in the notes: its job pod made by the operator,
-# the pod's wait-for-engine init container running, then ended (the kubelet sees each change at
-# its next relist, once a second).
-STEPS = ("job pod created", "wait running", "wait done")
+MILESTONES = ("engine Ready", "job started", "done")
+# Where a BuildJob's time to "job started" goes, in the notes: its job pod made by the operator,
+# then its job container running (the gate, waiting for the engine; the kubelet starts it at its
+# next relist after the install-gate init container ended, and reports it at the one after).
+STEPS = ("job pod created", "job container running")
+# A BuildJob's job pod is kept this long after it ends, for the bench to read its log; the
+# bench deletes the BuildJob once it has.
+LOG_TTL_SECONDS = 60
 # A CI pod's own figures: `remote-docker setup`'s run, and what it says of the engine (from the
 # DockerEngine's create call to the first mutual-TLS answer from the pod).
 RUNNER_MILESTONES = ("setup", "usable")
@@ -110,7 +116,15 @@ def buildjob(name: str, class_name: str | None = None) -> dict[str, Any]:
     engine: dict[str, Any] = {"imagePullPolicy": "Never"}
     if class_name:
         engine["className"] = class_name
-    return common.buildjob(name, JOB_IMAGE, BUILD, engine)
+    return common.buildjob(name, JOB_IMAGE, BUILD, engine, LOG_TTL_SECONDS)
+
+
+def job_started(log: str, wall: float) -> float:
+    """Seconds from `wall` (time.time() before the create call) to the job's first line."""
+    found = re.search(r"^job-start ([0-9.]+)$", log, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no job-start line in the job's log: {log[-500:]!r}")
+    return float(found[1]) - wall
 
 
 def job_container(script: str, env: list[dict[str, Any]]) -> dict[str, Any]:
@@ -235,23 +249,24 @@ def run_buildjob(
             job = beside[0] if beside else None
         conditions = (engine.status.conditions or []) if engine else []
         warm["hit"] = warm["hit"] or bool((status.get("engine") or {}).get("warm"))
-        wait = container(job, names.WAIT_CONTAINER, init=True) if job else None
         return {
             "engine Ready": any(c.type == "Ready" and c.status == "True" for c in conditions),
-            "job Running": started(job, names.JOB_CONTAINER),
             "done": status.get("phase") == "Succeeded",
             "job pod created": job is not None,
-            "wait running": bool(wait and (wait.state.running or wait.state.terminated)),
-            "wait done": bool(wait and wait.state.terminated),
+            "job container running": started(job, names.JOB_CONTAINER),
         }
 
     warm = {"hit": False}
-    t0 = time.monotonic()
+    t0, wall = time.monotonic(), time.time()
     custom.create_namespaced_custom_object(
         names.GROUP, names.VERSION, ns, names.PLURAL, buildjob(name, class_name)
     )
-    seen = follow(checks, t0)
-    return {**seen, "warm": float(warm["hit"])}
+    try:
+        seen = follow(checks, t0, milestones=("engine Ready", "done"))
+        log = core.read_namespaced_pod_log(name, ns, container=names.JOB_CONTAINER)
+    finally:
+        custom.delete_namespaced_custom_object(names.GROUP, names.VERSION, ns, names.PLURAL, name)
+    return {**seen, "job started": job_started(str(log), wall), "warm": float(warm["hit"])}
 
 
 def pool_ready(custom: CustomObjectsApi) -> bool:
@@ -276,17 +291,18 @@ def run_baseline(core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
         job = container(pod, "job")
         return {
             "engine Ready": bool(dind and dind.started),
-            "job Running": started(pod, "job"),
             # The job's exit, not the pod's end: that waits for dockerd to shut down as well.
             "done": bool(job and job.state.terminated and job.state.terminated.exit_code == 0),
         }
 
-    t0 = time.monotonic()
+    t0, wall = time.monotonic(), time.time()
     core.create_namespaced_pod(ns, baseline_pod(name))
     try:
-        return follow(checks, t0)
+        seen = follow(checks, t0, milestones=("engine Ready", "done"))
+        log = core.read_namespaced_pod_log(name, ns, container="job")
     finally:
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    return {**seen, "job started": job_started(str(log), wall)}
 
 
 def engine_status(custom: CustomObjectsApi, ns: str, name: str) -> dict[str, Any]:
@@ -304,9 +320,10 @@ def engine_status(custom: CustomObjectsApi, ns: str, name: str) -> dict[str, Any
 def run_runner(
     custom: CustomObjectsApi, core: CoreV1Api, ns: str, name: str, class_name: str
 ) -> dict[str, float]:
-    """A CI pod that runs `remote-docker setup`, then the build. Its own clock marks when setup
-    returned ("job Running") and what setup says of the engine ("usable": from the
-    DockerEngine's create call to its first mutual-TLS answer from this pod)."""
+    """A CI pod that runs `remote-docker setup`, then the build. Its own clock marks setup's
+    start and end ("setup"), and its build's first line ("job started"); setup says what it
+    saw of the engine ("usable": from the DockerEngine's create call to its first mutual-TLS
+    answer from this pod)."""
 
     def checks() -> dict[str, bool]:
         pod = core.read_namespaced_pod(name, ns)
@@ -335,7 +352,7 @@ def run_runner(
     usable = next(m for line in lines if (m := re.search(r"usable ([0-9.]+)s after", line)))
     return {
         **seen,
-        "job Running": float(marks["setup-done"]) - wall,
+        "job started": job_started("\n".join(lines), wall),
         "setup": float(marks["setup-done"]) - float(marks["setup-start"]),
         "usable": float(usable[1]),
         "warm": float(warm["hit"]),
@@ -353,17 +370,18 @@ def run_labelled(
         warm["hit"] = warm["hit"] or bool((status.get("engine") or {}).get("warm"))
         return {
             "engine Ready": status.get("phase") in ("Running", "Succeeded"),
-            "job Running": started(pod, "job"),
             "done": pod.status.phase == "Succeeded",
         }
 
     warm = {"hit": False}
-    t0 = time.monotonic()
+    t0, wall = time.monotonic(), time.time()
     core.create_namespaced_pod(ns, labelled_pod(name, class_name))
     try:
-        return {**follow(checks, t0), "warm": float(warm["hit"])}
+        seen = follow(checks, t0, milestones=("engine Ready", "done"))
+        log = core.read_namespaced_pod_log(name, ns, container="job")
     finally:
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    return {**seen, "job started": job_started(str(log), wall), "warm": float(warm["hit"])}
 
 
 def label(kind: str, milestone: str) -> str:
@@ -476,7 +494,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
     rows: list[tuple[str, str, str]] = []
     targets = {
         ("BuildJob", "engine Ready"): "p50 <= 3 s, p99 <= 6 s",
-        ("warm BuildJob", "job Running"): "p50 <= 0.5 s, p99 <= 2 s",
+        ("warm BuildJob", "job started"): "p50 <= 0.5 s, p99 <= 2 s",
         ("warm DockerEngine", "usable"): "p50 <= 0.5 s, p99 <= 2 s",
     }
     for kind, runs in results.items():
