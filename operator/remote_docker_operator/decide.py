@@ -341,7 +341,16 @@ def engine_failure(engine: Obj) -> Fail | None:
 
 def job_gave_up(job: Obj) -> Fail | None:
     """The job pod's wait gave up (its init container, or the gate in its job container): the
-    engine never answered, or a destination the NetworkPolicy denies did."""
+    engine never answered, or a destination the NetworkPolicy denies did; or the gate could
+    not be put in place."""
+    uninstalled = pods.init_failed(job, names.GATE_CONTAINER)
+    if uninstalled is not None:
+        # The operator's wait image, not the job: without the gate its command cannot start.
+        return Fail(
+            st.ENGINE_FAILED,
+            f"the job pod's gate could not be copied from the wait image ({names.GATE_IN_IMAGE} "
+            "in RDO_WAIT_IMAGE): " + pods.describe_exit(uninstalled),
+        )
     unreachable = pods.init_failed(job, names.WAIT_CONTAINER) or pods.gave_up(
         job, names.JOB_CONTAINER, names.GATE_MARK
     )

@@ -110,6 +110,20 @@ def test_the_gate_giving_up_is_the_wait_s_failure_not_the_job_s() -> None:
         assert message in action.message
 
 
+def test_a_gate_that_cannot_be_installed_fails_naming_the_wait_image() -> None:
+    ended = {"exitCode": 128, "reason": "StartError", "message": "exec: no such file"}
+    job = pod(who="job")
+    job["status"]["initContainerStatuses"] = [
+        {"name": names.GATE_CONTAINER, "state": {"terminated": ended}}
+    ]
+    job["status"]["phase"] = "Failed"
+    [action, *_] = decide.decide(known("Running", children_made=True, engine=pod(True), job=job))
+    assert isinstance(action, Fail)
+    assert action.reason == st.ENGINE_FAILED
+    assert "RDO_WAIT_IMAGE" in action.message
+    assert action.message.endswith("exit code 128 (StartError): exec: no such file")
+
+
 def test_engine_lost_while_running_fails() -> None:
     [action] = decide.decide(known("Running", children_made=True, engine=None, job=pod()))
     assert action == Fail(st.ENGINE_FAILED, "the engine pod was deleted")
