@@ -59,8 +59,9 @@ SPECS: dict[str, dict[str, Any]] = {
 }
 
 
-def make_target(spec: dict[str, Any]) -> Target:
-    return support.make_target(spec, {**ENGINE_CLASS, "image": "docker:27-dind"}, uid=UID)
+def make_target(spec: dict[str, Any], **settings: Any) -> Target:
+    engine_class = {**ENGINE_CLASS, "image": "docker:27-dind"}
+    return support.make_target(spec, engine_class, uid=UID, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -118,10 +119,18 @@ def _dry_run(kube: Kube, ns: str, pod: dict[str, Any]) -> list[str]:
     return sorted(c.split("(")[0].strip() for c in checks if c.strip())
 
 
+@pytest.mark.parametrize("wait_image", ["", "rdo/remote-docker-operator:1"])
 @pytest.mark.parametrize("spec_name", sorted(SPECS))
-def test_pod_security_levels(kube: Kube, pss_namespaces: dict[str, str], spec_name: str) -> None:
-    t = make_target(SPECS[spec_name])
+def test_pod_security_levels(
+    kube: Kube, pss_namespaces: dict[str, str], spec_name: str, wait_image: str
+) -> None:
+    """With and without the wait image: a job with a command waits behind the gate (its
+    install-gate init container) or in wait-for-engine."""
+    t = make_target(SPECS[spec_name], wait_image=wait_image)
     pods = {"job": builders.build_job_pod(t), "engine": builders.build_engine_pod(t)}
+    gated = bool(wait_image and SPECS[spec_name]["job"].get("command"))
+    init = pods["job"]["spec"]["initContainers"][0]["name"]
+    assert init == (names.GATE_CONTAINER if gated else names.WAIT_CONTAINER)
     seen = {
         (pod, level): _dry_run(kube, pss_namespaces[level], manifest)
         for pod, manifest in pods.items()
