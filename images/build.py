@@ -1459,6 +1459,8 @@ def produce_gate(sources: dict[str, Path], out: Path) -> None:
             cwd=module,
         )
         binary.chmod(0o755)
+        # The layer's usr/local/bin replaces the base image's: 0755 whatever this machine's
+        # umask, or install-gate (uid 65532) could not reach the gate.
         for directory in binary.parents:
             if directory == root:
                 break
