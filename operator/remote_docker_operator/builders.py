@@ -473,10 +473,12 @@ def build_engine_service(t: Target) -> Manifest:
                 "type": "ClusterIP",
                 **headless,
                 "publishNotReadyAddresses": True,
-                "selector": {
-                    names.LABEL_OWNER_UID: t.uid,
-                    names.LABEL_COMPONENT: names.COMPONENT_ENGINE,
-                },
+                # Not the owner's uid: a warm engine's pod is relabelled for its claimant
+                # before its Service is, and a selector that stopped matching in between takes
+                # the address away until the service proxy's next sync (a second: it was most
+                # of a warm DockerEngine's wait). The namespace holds one pod, the operator's
+                # (its quota, and nobody else may write there).
+                "selector": {names.LABEL_COMPONENT: names.COMPONENT_ENGINE},
                 "ports": [
                     {
                         "name": "docker-tls",

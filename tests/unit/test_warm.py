@@ -131,6 +131,21 @@ def test_a_warm_engine_admits_nobody_and_is_named_after_its_id() -> None:
     assert not names.owns_namespace(relabelled, "w-1")
 
 
+def test_a_claim_keeps_the_engine_services_selector() -> None:
+    """The claim relabels the engine pod and rebuilds its Service one after the other: a
+    selector naming the owner would match no pod in between, and the service proxy would take
+    the engine's address away until its next sync (a second here)."""
+    t = warm_target()
+    claimed = replace(make_target(), job_namespace=t.job_namespace, warm_id="w-1")
+    before, after = (builders.build_engine_service(x)["spec"]["selector"] for x in (t, claimed))
+    assert before == after
+    # And it still selects the engine pod, before the claim and after it.
+    for x in (t, claimed):
+        labels = builders.build_engine_pod(x)["metadata"]["labels"]
+        assert before.items() <= labels.items()
+    assert not before.items() <= builders.build_job_pod(claimed)["metadata"]["labels"].items()
+
+
 def test_a_warm_engine_has_every_child_but_the_client_with_its_quota_last() -> None:
     t = warm_target()
     server = Authority(datetime.timedelta(hours=1), NOW).server(["engine"], [])
