@@ -5,16 +5,17 @@ times, one after the other: as a BuildJob that starts its engine cold, as a Buil
 with a warm pool (it claims a warm engine), as a BuildJob of a UserNamespace class and one of a
 Rootless class (their engines cold and unprivileged), as a CI pod of its own that runs
 `remote-docker setup` first (a DockerEngine, cold, then of the warm class: how a GitLab or
-Actions runner pod gets its engine),
-as a CI pod labelled for an engine of the warm class, which the admission webhook gives one as
-the pod is created (no step: its init container waits until the engine answers), and as one pod
-whose dind engine is a native sidecar (an init container with restartPolicy Always, so the pod
-completes when the job does) with a startup probe, so the job container starts once dockerd
-answers. They take turns going first, so none always runs on a node another
-has just warmed. Before a warm run the pool is given time to be full again (it
-refills behind each claim, as it would between jobs); a run that found it empty anyway is
-counted as a miss. Milestones are seen by polling the API every 0.1 s; each is timed from just
-before the create call is sent (so the create call itself counts):
+Actions runner pod gets its engine), as a CI pod labelled for an engine of the warm class, which
+the admission webhook gives one as the pod is created (no step: its init container waits until
+the engine answers), and as one pod whose dind engine is a native sidecar (an init container
+with restartPolicy Always, so the pod completes when the job does) with a startup probe, so the
+job container starts once dockerd answers. A ninth run is a plain pod of the job image that only
+prints the build's first line: the floor under every "job started" here, as each job runs in a
+new pod. They take turns going first, so none always runs on a node another has just warmed.
+Before a warm run the pool is given time to be full again (it refills behind each claim, as it
+would between jobs); a run that found it empty anyway is counted as a miss. Milestones are seen
+by polling the API every 0.1 s; each is timed from just before the create call is sent (so the
+create call itself counts):
 
   engine Ready   BuildJob: the engine pod's Ready condition; baseline: the sidecar started;
                  a CI pod's: its DockerEngine Running
@@ -90,6 +91,7 @@ KINDS = (
     "warm DockerEngine",
     "warm labelled pod",
     "baseline",
+    "plain pod",
 )
 WARM_CLASS = "bench-warm"
 USERNS_CLASS = "bench-userns"
@@ -168,6 +170,21 @@ def baseline_pod(name: str) -> dict[str, Any]:
                 job_container(BUILD, [{"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"}])
             ],
             "volumes": [{"name": "docker", "emptyDir": {}}],
+        },
+    }
+
+
+def plain_pod(name: str) -> dict[str, Any]:
+    """The floor under every kind's "job started": a pod of the job image that only prints its
+    first line, no engine at all. Whatever runs a job in a new pod waits this long."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "containers": [job_container(BUILD.splitlines()[0], [])],
         },
     }
 
@@ -299,6 +316,23 @@ def run_baseline(core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
     core.create_namespaced_pod(ns, baseline_pod(name))
     try:
         seen = follow(checks, t0, milestones=("engine Ready", "done"))
+        log = core.read_namespaced_pod_log(name, ns, container="job")
+    finally:
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    return {**seen, "job started": job_started(str(log), wall)}
+
+
+def run_plain(core: CoreV1Api, ns: str, name: str) -> dict[str, float]:
+    def checks() -> dict[str, bool]:
+        pod = core.read_namespaced_pod(name, ns)
+        if pod.status.phase == "Failed":
+            raise RuntimeError(f"plain pod {name} failed")
+        return {"done": pod.status.phase == "Succeeded"}
+
+    t0, wall = time.monotonic(), time.time()
+    core.create_namespaced_pod(ns, plain_pod(name))
+    try:
+        seen = follow(checks, t0, milestones=("done",))
         log = core.read_namespaced_pod_log(name, ns, container="job")
     finally:
         core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
@@ -454,6 +488,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
         run_runner(custom, core, ns, "warm-up-runner", "bench")
         run_labelled(custom, core, ns, "warm-up-labelled", "bench")
         run_baseline(core, ns, "warm-up")
+        run_plain(core, ns, "warm-up-plain")
         for i in range(rounds):
             run: dict[str, Callable[[], dict[str, float]]] = {
                 "BuildJob": partial(run_buildjob, custom, core, ns, f"round-{i:02d}"),
@@ -474,6 +509,7 @@ def measure(cluster: Cluster, rounds: int) -> int:
                     run_labelled, custom, core, ns, f"labelled-{i:02d}", WARM_CLASS
                 ),
                 "baseline": partial(run_baseline, core, ns, f"baseline-{i:02d}"),
+                "plain pod": partial(run_plain, core, ns, f"plain-{i:02d}"),
             }
             for kind in order(i):
                 if kind.startswith("warm"):
@@ -521,6 +557,10 @@ def measure(cluster: Cluster, rounds: int) -> int:
     ):
         ratio = percentile([r["done"] for r in results[kind]], 50) / baseline
         rows.append((f"end to end, {kind} / baseline (p50)", f"{ratio:.2f}x", target))
+    floor = percentile([r["job started"] for r in results["plain pod"]], 50)
+    for kind in ("BuildJob", "warm BuildJob", "warm labelled pod", "baseline"):
+        above = percentile([r["job started"] for r in results[kind]], 50) - floor
+        rows.append((f"job started, {kind} less the plain pod (p50)", f"{above:+.2f} s", "-"))
     for kind in ("warm BuildJob", "warm DockerEngine", "warm labelled pod"):
         hits = sum(int(r["warm"]) for r in results[kind])
         rows.append((f"{kind}s that got a warm engine", f"{hits} / {rounds}", "-"))
@@ -529,7 +569,8 @@ def measure(cluster: Cluster, rounds: int) -> int:
         "cold BuildJob of the UserNamespace tier and one of the Rootless tier, a CI pod "
         "running `remote-docker setup` (cold, "
         "then warm: the DockerEngine kinds), a CI pod labelled for a warm engine and the "
-        "baseline pod, one at a time, the order "
+        "baseline pod, and a plain pod of the job image that only prints its first line (the "
+        "floor under every job start: a new pod on this node), one at a time, the order "
         "rotated each round, "
         f"on the single-node cluster at {NODE_IP}; each milestone timed from before the "
         "create call.",
