@@ -209,6 +209,9 @@ class Children:
         check_first, one that is no longer what was built is put back as built."""
         kind, name = manifest["kind"], manifest["metadata"]["name"]
         where = manifest["metadata"].get("namespace")
+        uid = state.warm_uids.pop((kind, name), None)
+        if uid is not None and (rebuilt := self._rebuild(manifest, uid)) is not None:
+            return rebuilt
         if check_first and (existing := self.owned(state, kind, name, where)) is not None:
             # A claimed warm engine's children were built for nobody: rebuilt, not drift.
             claiming = state.warm_id is not None and not state.provisioned
@@ -224,6 +227,20 @@ class Children:
         # creating from here on.
         state.started_here = False
         return existing
+
+    def _rebuild(self, manifest: Obj, uid: str) -> Obj | None:
+        """A claimed warm engine's child, made this owner's as built, in one write; None when
+        it is gone or another object stands there (ensure then reads what does). The uid the
+        pool made it with is the precondition, and nobody but the operator writes in a job
+        namespace: what the write replaces is the pool's own."""
+        body = {**manifest, "metadata": {**manifest["metadata"], "uid": uid}}
+        try:
+            return self.kube.replace(body)
+        except ApiException as e:
+            # 404 gone; 409 or 422, another uid there (the API server refuses to change it).
+            if e.status in (404, 409, 422):
+                return None
+            raise
 
     def revert(self, built: Obj, existing: Obj, quiet: bool = False) -> Obj:
         if not decide.drifted(built, existing):

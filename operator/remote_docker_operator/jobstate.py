@@ -31,6 +31,9 @@ class JobState:
     # The warm engine it claimed (builders.Target.warm_id): its children, labelled for that id
     # until the claim relabels them, are this one's.
     warm_id: str | None = None
+    # Its children's uids as the pool made them, by (kind, name), until Children.ensure has
+    # rebuilt each for it (its TLS Secret is relabelled by ensure_tls, which compares the pair).
+    warm_uids: dict[tuple[str, str], str] = field(default_factory=dict)
     # Its layer cache: whether a volume was looked for (and which kept one it got: None, a new
     # one), and whether the one it runs on is kept for its key.
     cache_taken: bool = False

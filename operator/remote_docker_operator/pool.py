@@ -128,7 +128,10 @@ class Pool:
         server = authority.server(builders.engine_dns_names(t), [])
         try:
             for manifest in builders.build_warm_children(t, server, deadline):
-                self.kube.create(manifest)
+                created = self.kube.create(manifest)
+                if created is not None:
+                    key = (manifest["kind"], manifest["metadata"]["name"])
+                    member.uids[key] = created["metadata"]["uid"]
         except ApiException as e:
             self._failed(member, f"the API server refused it: {e.status} {e.reason}")
             return False
@@ -222,30 +225,30 @@ class Pool:
     def _take(self, state: JobState, t: Target, member: Member, now: datetime.datetime) -> bool:
         with self._lock:
             del self.members[member.id]
-        ns = self.kube.get("Namespace", None, member.namespace)
-        labels = ((ns or {}).get("metadata") or {}).get("labels") or {}
+        uids = dict(member.uids)
         # The namespace first: from here on it is the owner's (deleted with it), whatever
-        # happens next. Its uid read is the precondition.
+        # happens next. The uid it was made with is the precondition: handed out once, so no
+        # other claim relabelled it since.
+        ns_uid = uids.get(("Namespace", member.namespace))
         if (
-            ns is None
-            or names.owner_kind(labels) != names.CLASS_KIND
-            or self.kube.patch(
-                "Namespace", "", member.namespace, claim_patch(state, ns["metadata"]["uid"])
-            )
+            ns_uid is None
+            or self.kube.patch("Namespace", "", member.namespace, claim_patch(state, ns_uid))
             is None
         ):
             logger.warning("Warm engine %s was gone when claimed", member.namespace)
             return False
         state.warm_id, state.job_namespace = member.id, member.namespace
+        # Its pod is relabelled here; the rest is rebuilt for the claimant by Children.ensure.
+        pod_uid = uids.pop(("Pod", names.ENGINE_POD), None)
+        state.warm_uids = uids
         claimed = replace(t, job_namespace=member.namespace, warm_id=member.id)
         not_after = now + datetime.timedelta(seconds=t.deadline_seconds) + CERT_MARGIN
         self.kube.create(builders.build_client_secret(claimed, member.authority.client(not_after)))
         failpoints.reached("warm-claimed")
-        pod = self.kube.get("Pod", member.namespace, names.ENGINE_POD)
-        if pod is not None:
+        if pod_uid is not None:
             deadline = warm.claimed_pod_deadline(member, t, now)
-            spec = {"activeDeadlineSeconds": deadline}
-            patch = claim_patch(state, pod["metadata"]["uid"], **spec)
+            patch = claim_patch(state, pod_uid, activeDeadlineSeconds=deadline)
+            # None: gone meanwhile, which the claimant's steps see as they would at any time.
             self.kube.patch("Pod", member.namespace, names.ENGINE_POD, patch)
         logger.info(
             "%s %s/%s claimed warm engine %s",

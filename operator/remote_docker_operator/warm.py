@@ -35,6 +35,9 @@ class Member:
     pod_deadline_seconds: int
     ready: bool = False
     claimed: bool = False
+    # The uid of each child the pool made, by (kind, name): the claim's preconditions, so it
+    # rebuilds each child for its claimant in one write instead of reading it first.
+    uids: dict[tuple[str, str], str] = field(default_factory=dict)
 
     def age(self, now: datetime.datetime) -> float:
         return (now - self.created).total_seconds()

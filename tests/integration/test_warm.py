@@ -220,3 +220,45 @@ def test_buildjob_deleted_while_claiming_leaves_nothing(
     assert names.client_secret("doomed") not in secrets
     # The other idle engine was recycled (its key died with the process); the pool refills.
     assert not full_pool(kube) & warm
+
+
+def test_a_claim_rebuilds_only_the_children_the_pool_made(
+    kube: Kube, warm_class: str, ns: str
+) -> None:
+    """A claim rewrites a warm engine's children without reading them first, on the uid each
+    was made with: one put there since by someone else (deleted and made again, open to any
+    pod) is not overwritten: the claimant fails naming it, and it is left as it stands."""
+    warm = full_pool(kube)
+    networking = NetworkingV1Api(kube.client)
+    planted = {}
+    for namespace in warm:
+        networking.delete_namespaced_network_policy(names.POLICY_ENGINE, namespace)
+        body = {
+            "metadata": {"name": names.POLICY_ENGINE, "labels": {"planted": "yes"}},
+            "spec": {"podSelector": {}, "ingress": [{}]},
+        }
+        made = networking.create_namespaced_network_policy(namespace, body)
+        planted[namespace] = made.metadata.uid
+    # Handed out oldest first: each planted engine in turn, then only new ones.
+    for i in range(SIZE):
+        name = f"planted-{i}"
+        kube.create_buildjob(ns, name, {"job": RUNS, "engine": {"className": warm_class}})
+        status = kube.wait_phase(ns, name, "Failed")
+        assert status["reason"] == "ForeignObject", status
+        where = status["namespace"]
+        assert where in warm
+        assert f"NetworkPolicy {where}/{names.POLICY_ENGINE}" in status["message"]
+        left = networking.read_namespaced_network_policy(names.POLICY_ENGINE, where)
+        assert left.metadata.uid == planted[where]
+        assert left.metadata.labels == {"planted": "yes"}
+        assert left.spec.ingress[0]._from is None, "still open as planted: not rebuilt"
+    # Control: an engine the pool made and nobody touched is claimed, its policy rebuilt.
+    full_pool(kube)
+    kube.create_buildjob(ns, "control", {"job": RUNS, "engine": {"className": warm_class}})
+    control = kube.wait_phase(ns, "control", "Running")
+    assert control["engine"]["warm"] is True
+    assert control["namespace"] not in warm
+    policy = networking.read_namespaced_network_policy(names.POLICY_ENGINE, control["namespace"])
+    uid = kube.get_buildjob(ns, "control")["metadata"]["uid"]  # type: ignore[index]
+    admitted = policy.spec.ingress[0]._from[0].pod_selector.match_labels
+    assert admitted[names.LABEL_OWNER_UID] == uid
