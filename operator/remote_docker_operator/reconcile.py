@@ -442,7 +442,8 @@ class Reconciler:
                 kind = "Warning" if change.phase == "Failed" else "Normal"
                 self.events(state.ref, kind, change.reason, change.message)
             logger.info(
-                "BuildJob %s/%s is %s: %s",
+                "%s %s/%s is %s: %s",
+                state.kind,
                 state.namespace,
                 state.name,
                 change.phase,
