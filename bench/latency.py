@@ -140,53 +140,51 @@ def job_container(script: str, env: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def baseline_pod(name: str) -> dict[str, Any]:
-    """What a user writes by hand: dind as a native sidecar, plain TCP on loopback."""
-    docker = ["docker", "--host=tcp://127.0.0.1:2375"]
+def one_shot_pod(name: str, labels: dict[str, str] | None = None, **spec: Any) -> dict[str, Any]:
+    """A pod that runs once: the bench's own kinds of pod."""
+    metadata: dict[str, Any] = {"name": name, **({"labels": labels} if labels else {})}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "initContainers": [
-                {
-                    "name": "dind",
-                    "image": ENGINE_IMAGE,
-                    "imagePullPolicy": "Never",
-                    "restartPolicy": "Always",
-                    "command": ["dockerd", "--host=tcp://127.0.0.1:2375", "--tls=false"],
-                    "securityContext": {"privileged": True},
-                    "startupProbe": {
-                        "exec": {"command": [*docker, "version"]},
-                        "periodSeconds": 1,
-                        "failureThreshold": 120,
-                    },
-                    "volumeMounts": [{"name": "docker", "mountPath": "/var/lib/docker"}],
-                }
-            ],
-            "containers": [
-                job_container(BUILD, [{"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"}])
-            ],
-            "volumes": [{"name": "docker", "emptyDir": {}}],
-        },
+        "metadata": metadata,
+        "spec": {"restartPolicy": "Never", **spec},
     }
+
+
+def baseline_pod(name: str) -> dict[str, Any]:
+    """What a user writes by hand: dind as a native sidecar, plain TCP on loopback."""
+    docker = ["docker", "--host=tcp://127.0.0.1:2375"]
+    dind = {
+        "name": "dind",
+        "image": ENGINE_IMAGE,
+        "imagePullPolicy": "Never",
+        "restartPolicy": "Always",
+        "command": ["dockerd", "--host=tcp://127.0.0.1:2375", "--tls=false"],
+        "securityContext": {"privileged": True},
+        "startupProbe": {
+            "exec": {"command": [*docker, "version"]},
+            "periodSeconds": 1,
+            "failureThreshold": 120,
+        },
+        "volumeMounts": [{"name": "docker", "mountPath": "/var/lib/docker"}],
+    }
+    job = job_container(BUILD, [{"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"}])
+    return one_shot_pod(
+        name,
+        automountServiceAccountToken=False,
+        initContainers=[dind],
+        containers=[job],
+        volumes=[{"name": "docker", "emptyDir": {}}],
+    )
 
 
 def plain_pod(name: str) -> dict[str, Any]:
     """The floor under every kind's "job started": a pod of the job image that only prints its
     first line, no engine at all. Whatever runs a job in a new pod waits this long."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "automountServiceAccountToken": False,
-            "containers": [job_container(BUILD.splitlines()[0], [])],
-        },
-    }
+    first_line = BUILD.splitlines()[0]
+    return one_shot_pod(
+        name, automountServiceAccountToken=False, containers=[job_container(first_line, [])]
+    )
 
 
 def runner_pod(name: str, class_name: str) -> dict[str, Any]:
@@ -195,30 +193,21 @@ def runner_pod(name: str, class_name: str) -> dict[str, Any]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "ENGINE_CLASS", "value": class_name},
     ]
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name},
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": RUNNER_ACCOUNT,
-            "containers": [job_container(SETUP_SCRIPT + BUILD, env)],
-        },
-    }
+    return one_shot_pod(
+        name,
+        serviceAccountName=RUNNER_ACCOUNT,
+        containers=[job_container(SETUP_SCRIPT + BUILD, env)],
+    )
 
 
 def labelled_pod(name: str, class_name: str) -> dict[str, Any]:
     """A CI pod that asks for its engine with a label: the webhook does the rest."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": {names.LABEL_ENGINE_REQUEST: class_name}},
-        "spec": {
-            "restartPolicy": "Never",
-            "serviceAccountName": RUNNER_ACCOUNT,
-            "containers": [job_container(BUILD, [])],
-        },
-    }
+    return one_shot_pod(
+        name,
+        {names.LABEL_ENGINE_REQUEST: class_name},
+        serviceAccountName=RUNNER_ACCOUNT,
+        containers=[job_container(BUILD, [])],
+    )
 
 
 def container(pod: Any, name: str, init: bool = False) -> Any:
